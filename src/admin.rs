@@ -1,0 +1,128 @@
+//! The admin listener: health, readiness, metrics, and the bearer-token gate in front of the
+//! administrative endpoints.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    /// Set once the index is loaded; `/readyz` answers 503 until then.
+    pub store: OnceLock<Arc<Store>>,
+    pub ready: AtomicBool,
+    token: Option<String>,
+}
+
+impl AdminState {
+    pub fn new(metrics: Arc<Metrics>, token: Option<String>) -> Arc<AdminState> {
+        Arc::new(AdminState {
+            metrics,
+            store: OnceLock::new(),
+            ready: AtomicBool::new(false),
+            token,
+        })
+    }
+}
+
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading the cache index\n").into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    let stats = state.store.get().map(|s| s.stats());
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        state.metrics.render(stats),
+    )
+        .into_response()
+}
+
+/// Paths a load balancer or Prometheus must reach without credentials.
+fn is_open_path(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
+async fn require_token(State(state): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
+    let Some(expected) = &state.token else {
+        return next.run(req).await;
+    };
+    if is_open_path(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => next.run(req).await,
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"imagecache-admin\"")],
+            "admin token required: send Authorization: Bearer <token>\n",
+        )
+            .into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    async fn status(app: &Router, path: &str, auth: Option<&str>) -> StatusCode {
+        let mut req = Request::builder().uri(path);
+        if let Some(a) = auth {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        app.clone()
+            .oneshot(req.body(axum::body::Body::empty()).unwrap())
+            .await
+            .unwrap()
+            .status()
+    }
+
+    #[tokio::test]
+    async fn token_gates_everything_but_probes_and_metrics() {
+        let state = AdminState::new(Arc::new(Metrics::new()), Some("s3cret".into()));
+        let app = router(state.clone());
+        assert_eq!(status(&app, "/healthz", None).await, StatusCode::OK);
+        assert_eq!(status(&app, "/readyz", None).await, StatusCode::SERVICE_UNAVAILABLE);
+        state.ready.store(true, Ordering::Release);
+        assert_eq!(status(&app, "/readyz", None).await, StatusCode::OK);
+        assert_eq!(status(&app, "/metrics", None).await, StatusCode::OK);
+        assert_eq!(status(&app, "/cmd/image/list", None).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(status(&app, "/cmd/image/list", Some("Bearer nope")).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(status(&app, "/cmd/image/list", Some("Bearer s3cret")).await, StatusCode::NOT_FOUND);
+    }
+}

@@ -1,0 +1,331 @@
+//! The registry configuration: the YAML file of the design (section 2), embedded defaults, and
+//! the rule that flags win over the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::serde_human;
+use crate::reference::{is_host, normalize_registry};
+
+/// Upstreams allowed by the embedded default configuration.
+pub const WELL_KNOWN_REGISTRIES: &[&str] = &[
+    "docker.io",
+    "registry.k8s.io",
+    "quay.io",
+    "ghcr.io",
+    "gcr.io",
+    "mcr.microsoft.com",
+    "public.ecr.aws",
+    "nvcr.io",
+];
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Config {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub admin_token_file: Option<PathBuf>,
+    pub image_path: PathBuf,
+    pub default_registry: String,
+    pub air_gapped: bool,
+    #[serde(rename = "tagTTL", with = "serde_human")]
+    pub tag_ttl: Duration,
+    pub allow_any_upstream: bool,
+    pub registries: Vec<RegistryConfig>,
+    /// How often in-memory pull statistics are written to disk.
+    #[serde(with = "serde_human")]
+    pub access_flush_interval: Duration,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            admin_token_file: None,
+            image_path: PathBuf::from("./imagecache-data"),
+            default_registry: "docker.io".to_owned(),
+            air_gapped: false,
+            tag_ttl: Duration::from_secs(15 * 60),
+            allow_any_upstream: false,
+            registries: WELL_KNOWN_REGISTRIES
+                .iter()
+                .map(|n| RegistryConfig::named(n))
+                .collect(),
+            access_flush_interval: Duration::from_secs(10),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// The registry as it appears in-path or in `?ns=`.
+    pub name: String,
+    /// Base URL of the upstream; default `<scheme>://<name>` (Docker Hub: registry-1.docker.io).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub scheme: Option<Scheme>,
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+impl RegistryConfig {
+    pub fn named(name: &str) -> RegistryConfig {
+        RegistryConfig {
+            name: name.to_owned(),
+            endpoint: None,
+            scheme: None,
+            auth: None,
+            tls: None,
+            timeouts: Timeouts::default(),
+        }
+    }
+
+    /// The endpoint URL this upstream is reached at.
+    pub fn endpoint_url(&self) -> String {
+        if let Some(e) = &self.endpoint {
+            return e.trim_end_matches('/').to_owned();
+        }
+        let scheme = match self.scheme.unwrap_or(Scheme::Https) {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        };
+        let host = match normalize_registry(&self.name).as_str() {
+            "docker.io" => "registry-1.docker.io".to_owned(),
+            _ => self.name.clone(),
+        };
+        format!("{scheme}://{host}")
+    }
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthConfig {
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// A Docker `config.json` or a `kubernetes.io/dockerconfigjson` secret's `.dockerconfigjson`.
+    pub docker_config_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Timeouts {
+    #[serde(with = "serde_human")]
+    pub connect: Duration,
+    /// Until the upstream's response headers arrive.
+    #[serde(with = "serde_human")]
+    pub first_byte: Duration,
+    /// Longest silence while reading a body.
+    #[serde(with = "serde_human")]
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            first_byte: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a config file; keys it leaves out keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_yaml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Config, String> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks what serde cannot: hosts, endpoints, duplicates, the admin token rule.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if !is_host(&self.default_registry) {
+            return invalid(format!(
+                "defaultRegistry {:?} is not a registry host",
+                self.default_registry
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for r in &self.registries {
+            if !is_host(&r.name) {
+                return invalid(format!("registries: {:?} is not a registry host", r.name));
+            }
+            if !seen.insert(normalize_registry(&r.name)) {
+                return invalid(format!("registries: {:?} is listed twice", r.name));
+            }
+            let url = r.endpoint_url();
+            match reqwest::Url::parse(&url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => {
+                    return invalid(format!(
+                        "registries: {:?}: endpoint {url:?} is not an http(s) URL",
+                        r.name
+                    ));
+                }
+            }
+            if let Some(tls) = &r.tls {
+                if tls.cert_file.is_some() != tls.key_file.is_some() {
+                    return invalid(format!(
+                        "registries: {:?}: tls needs both certFile and keyFile",
+                        r.name
+                    ));
+                }
+            }
+        }
+        if !self.admin_addr.ip().is_loopback() && self.admin_token_file.is_none() {
+            return invalid(format!(
+                "adminAddr {} is not a loopback address: set adminTokenFile (--admin-token-file) so the admin API is not open to the network",
+                self.admin_addr
+            ));
+        }
+        Ok(())
+    }
+
+    /// The allowlist entry for a (normalised) registry name.
+    pub fn registry(&self, name: &str) -> Option<&RegistryConfig> {
+        self.registries
+            .iter()
+            .find(|r| normalize_registry(&r.name) == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn design_example_parses() {
+        let yaml = r#"
+addr: 0.0.0.0:8080
+adminAddr: 127.0.0.1:8081
+adminTokenFile: /etc/imagecache/admin-token
+imagePath: ./imagecache-data
+defaultRegistry: docker.io
+airGapped: false
+tagTTL: 15m
+allowAnyUpstream: false
+registries:
+  - name: docker.io
+    endpoint: https://registry-1.docker.io
+    auth: {username: u, passwordFile: /s/pw}
+    tls: {caFile: /s/ca.crt, certFile: /c, keyFile: /k, insecureSkipVerify: false}
+    timeouts: {connect: 10s, firstByte: 60s, idle: 60s}
+  - name: 127.0.0.1:5000
+    endpoint: http://127.0.0.1:5000
+log: {level: info, format: json}
+"#;
+        let c = Config::from_yaml(yaml).unwrap();
+        assert_eq!(c.tag_ttl, Duration::from_secs(900));
+        assert_eq!(c.registries.len(), 2);
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(
+            c.registries[0].auth.as_ref().unwrap().username.as_deref(),
+            Some("u")
+        );
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn defaults_allow_well_known_registries() {
+        let c = Config::from_yaml("").unwrap();
+        assert_eq!(c, Config::default());
+        assert!(c.registry("quay.io").is_some());
+        assert_eq!(
+            c.registry("docker.io").unwrap().endpoint_url(),
+            "https://registry-1.docker.io"
+        );
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(Config::from_yaml("adress: 1.2.3.4:5").is_err());
+        assert!(Config::from_yaml("tagTTL: soon").is_err());
+        let c = Config::from_yaml("adminAddr: 0.0.0.0:8081").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("adminTokenFile"), "{err}");
+        let c = Config::from_yaml("registries: [{name: a.io}, {name: A.io}]").unwrap();
+        assert!(c.validate().is_err());
+        let c = Config::from_yaml("registries: [{name: a.io, endpoint: 'ftp://x'}]").unwrap();
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,23 @@
+//! imagecache: an in-cluster pull-through caching OCI registry.
+//!
+//! A map of the crate:
+//! - [`reference`], [`digest`], [`duration`]: pure parsing of what clients and config send.
+//! - [`config`]: the config file and its defaults; [`cli`]: subcommands and flags.
+//! - [`store`]: the content-addressed disk cache and its in-memory index (no HTTP inside).
+//! - [`upstream`]: pooled, authenticated clients for the allowlisted upstream registries.
+//! - [`registry`]: the distribution pull API over the store and the upstreams.
+//! - [`admin`]: health, readiness, metrics and the admin token gate; [`metrics`]: the families.
+//! - [`server`]: wiring for `imagecache serve`.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod digest;
+pub mod duration;
+pub mod metrics;
+pub mod reference;
+pub mod registry;
+pub mod server;
+pub mod store;
+pub mod upstream;

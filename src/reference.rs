@@ -1,0 +1,367 @@
+//! Pure parsing of distribution API paths: which endpoint, which repository, which upstream.
+//!
+//! Nothing here touches the network or disk; the registry handlers call these functions first and
+//! map [`PathError`] to OCI error codes.
+
+use std::fmt;
+
+use crate::digest::{Digest, InvalidDigest};
+
+/// Longest repository name accepted (the distribution spec's recommended limit).
+const MAX_NAME_LEN: usize = 255;
+const MAX_TAG_LEN: usize = 128;
+
+/// A manifest reference: a tag or a digest.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Reference {
+    Tag(String),
+    Digest(Digest),
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reference::Tag(t) => f.write_str(t),
+            Reference::Digest(d) => d.fmt(f),
+        }
+    }
+}
+
+/// One endpoint of the distribution API, with the raw repository name as it appeared in the path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route<'a> {
+    Base,
+    Manifest { name: &'a str, reference: Reference },
+    Blob { name: &'a str, digest: Digest },
+    BlobUpload { name: &'a str },
+    TagsList { name: &'a str },
+    Referrers { name: &'a str, digest: Digest },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PathError {
+    #[error("no such endpoint")]
+    NotFound,
+    #[error("invalid repository name {0:?}")]
+    Name(String),
+    #[error("invalid tag {0:?}")]
+    Tag(String),
+    #[error(transparent)]
+    Digest(#[from] InvalidDigest),
+    #[error("invalid registry host {0:?}")]
+    Host(String),
+}
+
+/// Parses the path of a `/v2/...` request (the part after `/v2/`, still percent-encoded).
+pub fn parse_route(rest: &str) -> Result<Route<'_>, PathError> {
+    if rest.is_empty() {
+        return Ok(Route::Base);
+    }
+    if let Some(name) = rest.strip_suffix("/tags/list") {
+        return Ok(Route::TagsList {
+            name: checked_name(name)?,
+        });
+    }
+    if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
+        return Ok(Route::Manifest {
+            name: checked_name(name)?,
+            reference: parse_reference(reference)?,
+        });
+    }
+    if let Some((name, tail)) = rest.rsplit_once("/blobs/uploads") {
+        if tail.is_empty() || tail.starts_with('/') {
+            return Ok(Route::BlobUpload {
+                name: checked_name(name)?,
+            });
+        }
+    }
+    if let Some((name, digest)) = rest.rsplit_once("/blobs/") {
+        return Ok(Route::Blob {
+            name: checked_name(name)?,
+            digest: digest.parse()?,
+        });
+    }
+    if let Some((name, digest)) = rest.rsplit_once("/referrers/") {
+        return Ok(Route::Referrers {
+            name: checked_name(name)?,
+            digest: digest.parse()?,
+        });
+    }
+    Err(PathError::NotFound)
+}
+
+/// A tag (`[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`) or a digest (contains `:`).
+pub fn parse_reference(s: &str) -> Result<Reference, PathError> {
+    if s.contains(':') {
+        return Ok(Reference::Digest(s.parse()?));
+    }
+    let mut bytes = s.bytes();
+    let valid = s.len() <= MAX_TAG_LEN
+        && bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if valid {
+        Ok(Reference::Tag(s.to_owned()))
+    } else {
+        Err(PathError::Tag(s.chars().take(200).collect()))
+    }
+}
+
+/// Checks the name against the distribution grammar, allowing a registry host as first segment.
+/// Percent escapes, `..` and empty segments all fail here, so a name can never leave the cache.
+fn checked_name(name: &str) -> Result<&str, PathError> {
+    let bad = || PathError::Name(name.chars().take(300).collect());
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(bad());
+    }
+    let mut segments = name.split('/');
+    let first = segments.next().ok_or_else(bad)?;
+    if !(is_component(first) || (looks_like_host(first) && is_host(first))) {
+        return Err(bad());
+    }
+    if segments.all(is_component) {
+        Ok(name)
+    } else {
+        Err(bad())
+    }
+}
+
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
+fn is_component(s: &str) -> bool {
+    let b = s.as_bytes();
+    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &s[start..i];
+        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|c| c == b'-');
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// The distribution rule for telling a registry host from a repository component.
+pub fn looks_like_host(segment: &str) -> bool {
+    segment.contains('.') || segment.contains(':') || segment == "localhost"
+}
+
+/// A DNS name or IPv4 address with an optional port, or a bracketed IPv6 address with one.
+pub fn is_host(s: &str) -> bool {
+    if s.is_empty() || s.len() > 253 {
+        return false;
+    }
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((v6, tail)) => {
+                if v6.parse::<std::net::Ipv6Addr>().is_err() {
+                    return false;
+                }
+                match tail {
+                    "" => return true,
+                    t => match t.strip_prefix(':') {
+                        Some(p) => ("", Some(p)),
+                        None => return false,
+                    },
+                }
+            }
+            None => return false,
+        }
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    if let Some(p) = port {
+        if p.parse::<u16>().map_or(true, |p| p == 0) {
+            return false;
+        }
+    }
+    if host.is_empty() {
+        return s.starts_with('[');
+    }
+    host.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    })
+}
+
+/// Where a request goes: an upstream registry and a repository inside it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct RepoPath {
+    pub registry: String,
+    pub repository: String,
+}
+
+impl fmt::Display for RepoPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.registry, self.repository)
+    }
+}
+
+/// Chooses the upstream for a validated repository name: `?ns=` wins, then a host-like first
+/// segment, then the default registry. Docker Hub names are normalised (`library/` for one
+/// segment, `index.docker.io` is `docker.io`).
+pub fn select_upstream(
+    name: &str,
+    ns: Option<&str>,
+    default_registry: &str,
+) -> Result<RepoPath, PathError> {
+    let (registry, repository) = match ns {
+        Some(ns) => {
+            if !is_host(ns) {
+                return Err(PathError::Host(ns.chars().take(300).collect()));
+            }
+            (ns, name)
+        }
+        None => match name.split_once('/') {
+            Some((first, rest)) if looks_like_host(first) => (first, rest),
+            _ if looks_like_host(name) => return Err(PathError::Name(name.to_owned())),
+            _ => (default_registry, name),
+        },
+    };
+    let registry = normalize_registry(registry);
+    let repository = if registry == "docker.io" && !repository.contains('/') {
+        format!("library/{repository}")
+    } else {
+        repository.to_owned()
+    };
+    Ok(RepoPath {
+        registry,
+        repository,
+    })
+}
+
+/// Lowercases a registry host and folds Docker Hub's aliases into `docker.io`.
+pub fn normalize_registry(host: &str) -> String {
+    let host = host.to_ascii_lowercase();
+    match host.as_str() {
+        "index.docker.io" | "registry-1.docker.io" => "docker.io".to_owned(),
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest() -> String {
+        format!("sha256:{}", "ab".repeat(32))
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(parse_route(""), Ok(Route::Base));
+        assert_eq!(
+            parse_route("library/nginx/manifests/Latest"),
+            Ok(Route::Manifest {
+                name: "library/nginx",
+                reference: Reference::Tag("Latest".into())
+            })
+        );
+        let d = digest();
+        assert!(matches!(
+            parse_route(&format!("quay.io/a/b/c/blobs/{d}")),
+            Ok(Route::Blob { name: "quay.io/a/b/c", .. })
+        ));
+        assert!(matches!(
+            parse_route("x/blobs/uploads/"),
+            Ok(Route::BlobUpload { name: "x" })
+        ));
+        assert_eq!(
+            parse_route("a/b/tags/list"),
+            Ok(Route::TagsList { name: "a/b" })
+        );
+        assert!(matches!(
+            parse_route(&format!("a/referrers/{d}")),
+            Ok(Route::Referrers { name: "a", .. })
+        ));
+        assert_eq!(parse_route("a/b"), Err(PathError::NotFound));
+    }
+
+    #[test]
+    fn rejects_traversal_and_escapes() {
+        for bad in [
+            "../etc/manifests/latest",
+            "a/../b/manifests/latest",
+            "a/%2e%2e/b/manifests/latest",
+            "a%2Fb/manifests/latest",
+            "a//b/manifests/latest",
+            "/a/manifests/latest",
+            "A/manifests/latest",
+            "a/manifests/..",
+            "a/manifests/-x",
+        ] {
+            assert!(parse_route(bad).is_err(), "{bad}");
+        }
+        assert!(matches!(
+            parse_route("a/blobs/sha256:xyz"),
+            Err(PathError::Digest(_))
+        ));
+    }
+
+    #[test]
+    fn components() {
+        for ok in ["a", "a.b", "a_b", "a__b", "a---b", "0x"] {
+            assert!(is_component(ok), "{ok}");
+        }
+        for bad in ["", ".a", "a.", "a..b", "a___b", "a-", "A", "a.-b"] {
+            assert!(!is_component(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hosts() {
+        for ok in ["quay.io", "localhost", "127.0.0.1:5000", "[::1]:5000", "a-b.c"] {
+            assert!(is_host(ok), "{ok}");
+        }
+        for bad in ["", "a..b", "-a.b", "a.b:0", "a.b:x", "[zz]:1", "a/b", "a b", "a%2f"] {
+            assert!(!is_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn upstream_selection() {
+        let sel = |n, ns| select_upstream(n, ns, "docker.io").unwrap();
+        assert_eq!(sel("nginx", None).to_string(), "docker.io/library/nginx");
+        assert_eq!(
+            sel("docker.io/nginx", None).to_string(),
+            "docker.io/library/nginx"
+        );
+        assert_eq!(sel("quay.io/org/img", None).to_string(), "quay.io/org/img");
+        assert_eq!(
+            sel("localhost/img", None).to_string(),
+            "localhost/img"
+        );
+        assert_eq!(
+            sel("org/img", Some("127.0.0.1:5000")).to_string(),
+            "127.0.0.1:5000/org/img"
+        );
+        assert_eq!(
+            sel("nginx", Some("index.docker.io")).to_string(),
+            "docker.io/library/nginx"
+        );
+        assert_eq!(
+            select_upstream("a/b", None, "upstream.test").unwrap().to_string(),
+            "upstream.test/a/b"
+        );
+        assert!(select_upstream("a", Some("bad host"), "docker.io").is_err());
+        assert!(select_upstream("quay.io", None, "docker.io").is_err());
+    }
+}

@@ -1,0 +1,248 @@
+//! Blob transfer: one upstream fetch per digest, streamed to every waiting client while it is
+//! written to a temp file, committed to the store only after its digest verifies.
+//!
+//! Readers share the fetch's open file and read it with `pread`, so the rename into the store
+//! (or the unlink after a failure) never pulls the file from under them.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use reqwest::{Method, StatusCode, header};
+use tokio::sync::watch;
+
+use super::error::RegistryError;
+use super::{AppState, upstream_failure};
+use crate::digest::{Digest, Hasher};
+use crate::metrics::{Kind, Outcome};
+use crate::reference::RepoPath;
+
+/// Bytes per read from disk and per write to the temp file.
+const CHUNK: usize = 1 << 20;
+
+#[derive(Clone, Debug)]
+pub enum Progress {
+    Connecting,
+    Streaming { written: u64, total: Option<u64> },
+    Done { size: u64 },
+    Failed(RegistryError),
+}
+
+/// A blob being fetched, or a cached blob opened for reading.
+#[derive(Clone)]
+pub struct Source {
+    file: Arc<File>,
+    progress: watch::Receiver<Progress>,
+}
+
+#[derive(Default)]
+pub struct BlobFetches {
+    map: Mutex<HashMap<Digest, Source>>,
+}
+
+impl Source {
+    /// A cached blob: complete from the start.
+    pub fn cached(file: File, size: u64) -> Source {
+        let (_tx, rx) = watch::channel(Progress::Done { size });
+        Source {
+            file: Arc::new(file),
+            progress: rx,
+        }
+    }
+
+    /// Waits until the upstream has answered, returning the blob's size when known.
+    pub async fn ready(&mut self) -> Result<Option<u64>, RegistryError> {
+        loop {
+            match &*self.progress.borrow_and_update() {
+                Progress::Connecting => {}
+                Progress::Streaming { total, .. } => return Ok(*total),
+                Progress::Done { size } => return Ok(Some(*size)),
+                Progress::Failed(e) => return Err(e.clone()),
+            }
+            if self.progress.changed().await.is_err() {
+                return Err(RegistryError::Internal("blob fetch vanished".into()));
+            }
+        }
+    }
+
+    /// Streams bytes `[start, end)` (end `None`: to the end), waiting for a fetch to write them.
+    /// While a fetch is unverified the final byte is held back, so a blob that fails
+    /// verification ends in a cut connection, never in a complete-looking response.
+    pub fn stream(
+        self,
+        start: u64,
+        end: Option<u64>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+        let served = metrics.served_bytes.get_or_create(&crate::metrics::KindLabels { kind: Kind::blob }).clone();
+        futures_util::stream::unfold((self, start), move |(mut src, offset)| {
+            let served = served.clone();
+            async move {
+                loop {
+                    // An error was the last item.
+                    if offset == u64::MAX {
+                        return None;
+                    }
+                    let state = src.progress.borrow_and_update().clone();
+                    let (readable, complete) = match state {
+                        Progress::Connecting => (0, None),
+                        Progress::Streaming { written, total } => {
+                            (total.map_or(written, |t| written.min(t.saturating_sub(1))), None)
+                        }
+                        Progress::Done { size } => (size, Some(size)),
+                        Progress::Failed(e) => {
+                            return Some((Err(std::io::Error::other(e.to_string())), (src, u64::MAX)));
+                        }
+                    };
+                    let limit = end.map_or(readable, |e| e.min(readable));
+                    if offset < limit {
+                        let len = (limit - offset).min(CHUNK as u64) as usize;
+                        let file = src.file.clone();
+                        let read = tokio::task::spawn_blocking(move || {
+                            let mut buf = BytesMut::zeroed(len);
+                            file.read_exact_at(&mut buf, offset).map(|_| buf.freeze())
+                        })
+                        .await
+                        .map_err(std::io::Error::other)
+                        .and_then(|r| r);
+                        return match read {
+                            Ok(b) => {
+                                served.inc_by(b.len() as u64);
+                                let next = offset + b.len() as u64;
+                                Some((Ok(b), (src, next)))
+                            }
+                            Err(e) => Some((Err(e), (src, u64::MAX))),
+                        };
+                    }
+                    if let Some(size) = complete {
+                        if offset >= end.map_or(size, |e| e.min(size)) {
+                            return None;
+                        }
+                    }
+                    if src.progress.changed().await.is_err() && complete.is_none() {
+                        let err = std::io::Error::other("blob fetch ended without a result");
+                        return Some((Err(err), (src, u64::MAX)));
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl BlobFetches {
+    /// Joins the fetch of `digest`, or starts it.
+    pub fn join_or_start(&self, state: &Arc<AppState>, repo: &RepoPath, digest: &Digest) -> Result<Source, RegistryError> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(src) = map.get(digest) {
+            return Ok(src.clone());
+        }
+        let (temp, file) = state.store.temp_file()?;
+        let writer = file.try_clone().map_err(|e| RegistryError::Internal(e.to_string()))?;
+        let (tx, rx) = watch::channel(Progress::Connecting);
+        let src = Source {
+            file: Arc::new(file),
+            progress: rx,
+        };
+        map.insert(digest.clone(), src.clone());
+        let (state, repo, digest) = (state.clone(), repo.clone(), digest.clone());
+        tokio::spawn(async move {
+            state.metrics.inflight_fetches.inc();
+            let result = fetch(&state, &repo, &digest, writer, &temp, &tx).await;
+            state.metrics.inflight_fetches.dec();
+            match result {
+                Ok(size) => {
+                    state.metrics.upstream(Kind::blob, Outcome::ok);
+                    tx.send_replace(Progress::Done { size });
+                }
+                Err(e) => {
+                    let outcome = if e == RegistryError::BlobUnknown { Outcome::not_found } else { Outcome::error };
+                    state.metrics.upstream(Kind::blob, outcome);
+                    tracing::warn!(%repo, %digest, error = %e, "blob fetch failed; nothing cached");
+                    let _ = std::fs::remove_file(&temp);
+                    tx.send_replace(Progress::Failed(e));
+                }
+            }
+            state.blob_fetches.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&digest);
+        });
+        Ok(src)
+    }
+
+    /// The size of a blob being fetched, if the upstream has told us.
+    pub fn pending_size(&self, digest: &Digest) -> Option<u64> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        match &*map.get(digest)?.progress.borrow() {
+            Progress::Streaming { total, .. } => *total,
+            _ => None,
+        }
+    }
+}
+
+async fn fetch(
+    state: &AppState,
+    repo: &RepoPath,
+    digest: &Digest,
+    writer: File,
+    temp: &PathBuf,
+    tx: &watch::Sender<Progress>,
+) -> Result<u64, RegistryError> {
+    let upstream = state.upstreams.get(&repo.registry)?;
+    let resp = upstream
+        .send(Method::GET, &repo.repository, &format!("blobs/{digest}"), header::HeaderMap::new())
+        .await?;
+    if resp.status() != StatusCode::OK {
+        return Err(upstream_failure(&resp, RegistryError::BlobUnknown));
+    }
+    let total = resp.content_length();
+    tx.send_replace(Progress::Streaming { written: 0, total });
+    let writer = Arc::new(writer);
+    let mut hasher = Hasher::new(digest.algorithm());
+    let mut written: u64 = 0;
+    let mut pending = BytesMut::new();
+    let mut body = resp.bytes_stream();
+    let upstream_bytes = state.metrics.upstream_bytes.get_or_create(&crate::metrics::KindLabels { kind: Kind::blob }).clone();
+    loop {
+        let chunk = body.next().await;
+        let finished = chunk.is_none();
+        if let Some(chunk) = chunk {
+            let chunk = chunk.map_err(|e| {
+                RegistryError::Unavailable(format!("upstream {} cut the blob transfer: {}", upstream.name(), crate::upstream::error_chain(&e)))
+            })?;
+            upstream_bytes.inc_by(chunk.len() as u64);
+            hasher.update(&chunk);
+            pending.extend_from_slice(&chunk);
+            if total.is_some_and(|t| written + pending.len() as u64 > t) {
+                return Err(RegistryError::BadUpstream(format!("upstream sent more than the {} bytes it announced", total.unwrap_or(0))));
+            }
+        }
+        // Batch small network chunks into large writes: one blocking call per CHUNK.
+        if pending.len() >= CHUNK || (finished && !pending.is_empty()) {
+            let data = pending.split().freeze();
+            let len = data.len() as u64;
+            let (w, offset) = (writer.clone(), written);
+            tokio::task::spawn_blocking(move || w.write_all_at(&data, offset)).await??;
+            written += len;
+            tx.send_replace(Progress::Streaming { written, total });
+        }
+        if finished {
+            break;
+        }
+    }
+    let actual = hasher.finish();
+    if &actual != digest {
+        return Err(RegistryError::UpstreamDigest(format!("expected {digest}, got {actual}")));
+    }
+    if total.is_some_and(|t| t != written) {
+        return Err(RegistryError::Unavailable(format!("upstream sent {written} of {} bytes", total.unwrap_or(0))));
+    }
+    let (store, temp, digest, w) = (state.store.clone(), temp.clone(), digest.clone(), writer);
+    tokio::task::spawn_blocking(move || {
+        w.sync_all()?;
+        store.commit_blob(&temp, &digest, written).map_err(std::io::Error::other)
+    })
+    .await??;
+    Ok(written)
+}

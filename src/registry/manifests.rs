@@ -1,0 +1,410 @@
+//! Manifests, tags and referrers: cache lookups, the tag TTL with stale-if-error, and the
+//! single upstream fetch per (repository, reference).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use jiff::Timestamp;
+
+use super::error::RegistryError;
+use super::{AppState, Query, upstream_failure};
+use crate::digest::Digest;
+use crate::metrics::{Kind, Lookup, Outcome};
+use crate::reference::{Reference, RepoPath};
+use crate::store::{DOCKER_LIST, DOCKER_MANIFEST, ManifestContent, OCI_INDEX, OCI_MANIFEST};
+
+/// Largest manifest accepted from an upstream (the distribution spec's recommended minimum).
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+/// What we ask upstreams for: every manifest type we can cache, so the cached copy is the
+/// canonical one whatever the client accepts.
+fn accept_header() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let all = [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST].join(", ");
+    if let Ok(v) = HeaderValue::from_str(&all) {
+        h.insert(header::ACCEPT, v);
+    }
+    h
+}
+
+pub async fn get(
+    state: &Arc<AppState>,
+    repo: &RepoPath,
+    reference: Reference,
+    _headers: &HeaderMap,
+    head: bool,
+) -> Result<Response, RegistryError> {
+    let content = match &reference {
+        Reference::Digest(d) => by_digest(state, repo, d).await?,
+        Reference::Tag(t) => by_tag(state, repo, t).await?,
+    };
+    if !head {
+        state.store.record_pull(&content.digest, Timestamp::now());
+        state
+            .metrics
+            .served_bytes
+            .get_or_create(&crate::metrics::KindLabels { kind: Kind::manifest })
+            .inc_by(content.bytes.len() as u64);
+    }
+    Ok(manifest_response(content, head))
+}
+
+fn manifest_response(content: ManifestContent, head: bool) -> Response {
+    let len = content.bytes.len();
+    let mut resp = if head { Body::empty() } else { Body::from(content.bytes) }.into_response();
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&content.media_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Ok(v) = HeaderValue::from_str(&content.digest.to_string()) {
+        h.insert("docker-content-digest", v.clone());
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", content.digest)) {
+        h.insert(header::ETAG, v);
+    }
+    resp
+}
+
+async fn by_digest(state: &Arc<AppState>, repo: &RepoPath, digest: &Digest) -> Result<ManifestContent, RegistryError> {
+    if let Some(c) = cached(state, digest).await? {
+        state.metrics.lookup(Kind::manifest, Lookup::hit);
+        if state
+            .store
+            .manifest_record(digest)
+            .is_some_and(|r| !r.references.contains(repo))
+        {
+            let (store, d, r) = (state.store.clone(), digest.clone(), repo.clone());
+            tokio::task::spawn_blocking(move || store.add_reference(&d, &r)).await??;
+        }
+        return Ok(c);
+    }
+    if state.config.air_gapped {
+        return Err(RegistryError::ManifestUnknown);
+    }
+    state.metrics.lookup(Kind::manifest, Lookup::miss);
+    fetch(state, repo, Reference::Digest(digest.clone())).await
+}
+
+async fn by_tag(state: &Arc<AppState>, repo: &RepoPath, tag: &str) -> Result<ManifestContent, RegistryError> {
+    let Some(entry) = state.store.resolve_tag(repo, tag) else {
+        if state.config.air_gapped {
+            return Err(RegistryError::ManifestUnknown);
+        }
+        state.metrics.lookup(Kind::tag, Lookup::miss);
+        return fetch(state, repo, Reference::Tag(tag.to_owned())).await;
+    };
+    let age = Timestamp::now().duration_since(entry.checked).unsigned_abs();
+    if age < state.config.tag_ttl || state.config.air_gapped {
+        if let Some(c) = cached(state, &entry.digest).await? {
+            state.metrics.lookup(Kind::tag, Lookup::hit);
+            return Ok(c);
+        }
+    }
+    if state.config.air_gapped {
+        return Err(RegistryError::ManifestUnknown);
+    }
+    let key = (repo.clone(), format!("revalidate:{tag}"));
+    let (st, repo, tag) = (state.clone(), repo.clone(), tag.to_owned());
+    state
+        .manifest_flights
+        .run(key, move || async move { revalidate(&st, &repo, &tag, entry.digest).await })
+        .await
+}
+
+async fn cached(state: &Arc<AppState>, digest: &Digest) -> Result<Option<ManifestContent>, RegistryError> {
+    if !state.store.has_manifest(digest) {
+        return Ok(None);
+    }
+    // Hot manifests come from memory; a read from disk is small enough to do inline.
+    Ok(state.store.manifest(digest)?)
+}
+
+/// A tag past its TTL: HEAD upstream; unchanged -> touch, changed -> fetch, 404 -> forget,
+/// unreachable -> serve the cached digest (stale-if-error).
+async fn revalidate(state: &Arc<AppState>, repo: &RepoPath, tag: &str, cached_digest: Digest) -> Result<ManifestContent, RegistryError> {
+    let cached_ref = &cached_digest;
+    let head = async {
+        let upstream = state.upstreams.get(&repo.registry)?;
+        Ok::<_, RegistryError>(
+            upstream
+                .send(Method::HEAD, &repo.repository, &format!("manifests/{tag}"), accept_header())
+                .await?,
+        )
+    }
+    .await;
+    let stale = |reason: String| async move {
+        let c = cached(state, cached_ref).await?.ok_or(RegistryError::ManifestUnknown)?;
+        tracing::warn!(%repo, tag, %reason, "upstream unavailable; serving cached tag");
+        state.metrics.lookup(Kind::tag, Lookup::stale);
+        Ok(c)
+    };
+    let resp = match head {
+        Ok(r) => r,
+        Err(e) => return stale(e.to_string()).await,
+    };
+    let status = resp.status();
+    if status == StatusCode::NOT_FOUND {
+        let (store, r, t) = (state.store.clone(), repo.clone(), tag.to_owned());
+        tokio::task::spawn_blocking(move || store.remove_tag(&r, &t)).await??;
+        state.metrics.upstream(Kind::manifest, Outcome::not_found);
+        return Err(RegistryError::ManifestUnknown);
+    }
+    if !status.is_success() {
+        return stale(format!("upstream answered {status}")).await;
+    }
+    let upstream_digest = resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<Digest>().ok());
+    if upstream_digest.as_ref() == Some(&cached_digest) {
+        if let Some(c) = cached(state, &cached_digest).await? {
+            let (store, r, t, d) = (state.store.clone(), repo.clone(), tag.to_owned(), cached_digest.clone());
+            tokio::task::spawn_blocking(move || store.set_tag(&r, &t, &d, Timestamp::now())).await??;
+            state.metrics.lookup(Kind::tag, Lookup::revalidated);
+            return Ok(c);
+        }
+    }
+    state.metrics.lookup(Kind::tag, Lookup::miss);
+    fetch_now(state, repo, &Reference::Tag(tag.to_owned())).await
+}
+
+/// One upstream fetch per (repository, reference), shared by all waiters.
+async fn fetch(state: &Arc<AppState>, repo: &RepoPath, reference: Reference) -> Result<ManifestContent, RegistryError> {
+    let key = (repo.clone(), reference.to_string());
+    let (st, repo) = (state.clone(), repo.clone());
+    state
+        .manifest_flights
+        .run(key, move || async move { fetch_now(&st, &repo, &reference).await })
+        .await
+}
+
+async fn fetch_now(state: &Arc<AppState>, repo: &RepoPath, reference: &Reference) -> Result<ManifestContent, RegistryError> {
+    state.metrics.inflight_fetches.inc();
+    let result = fetch_inner(state, repo, reference).await;
+    state.metrics.inflight_fetches.dec();
+    let outcome = match &result {
+        Ok(_) => Outcome::ok,
+        Err(RegistryError::ManifestUnknown) => Outcome::not_found,
+        Err(_) => Outcome::error,
+    };
+    state.metrics.upstream(Kind::manifest, outcome);
+    result
+}
+
+async fn fetch_inner(state: &Arc<AppState>, repo: &RepoPath, reference: &Reference) -> Result<ManifestContent, RegistryError> {
+    let upstream = state.upstreams.get(&repo.registry)?;
+    let resp = upstream
+        .send(Method::GET, &repo.repository, &format!("manifests/{reference}"), accept_header())
+        .await?;
+    if resp.status() != StatusCode::OK {
+        return Err(upstream_failure(&resp, RegistryError::ManifestUnknown));
+    }
+    let too_large = || {
+        RegistryError::ManifestTooLarge(format!(
+            "upstream manifest for {repo}:{reference} exceeds {MAX_MANIFEST_BYTES} bytes"
+        ))
+    };
+    if resp.content_length().is_some_and(|l| l > MAX_MANIFEST_BYTES as u64) {
+        return Err(too_large());
+    }
+    let content_type = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let header_digest = resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<Digest>().ok());
+    let mut body = BytesMut::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            RegistryError::Unavailable(format!("upstream cut the manifest transfer: {}", crate::upstream::error_chain(&e)))
+        })?;
+        if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let bytes: Bytes = body.freeze();
+    state
+        .metrics
+        .upstream_bytes
+        .get_or_create(&crate::metrics::KindLabels { kind: Kind::manifest })
+        .inc_by(bytes.len() as u64);
+    // The digest we store under must be the content's: by-digest requests verify against the
+    // request, by-tag ones against the upstream's header when it names one.
+    let digest = match (reference, header_digest) {
+        (Reference::Digest(d), _) => d.clone(),
+        (Reference::Tag(_), Some(d)) => d,
+        (Reference::Tag(_), None) => Digest::sha256_of(&bytes),
+    };
+    if !digest.verifies(&bytes) {
+        return Err(RegistryError::UpstreamDigest(format!(
+            "manifest {repo}:{reference} does not hash to {digest}"
+        )));
+    }
+    let tag = match reference {
+        Reference::Tag(t) => Some(t.clone()),
+        Reference::Digest(_) => None,
+    };
+    let (store, repo) = (state.store.clone(), repo.clone());
+    let content = tokio::task::spawn_blocking(move || {
+        store.put_manifest(&repo, tag.as_deref(), &digest, content_type.as_deref(), &bytes, Timestamp::now())
+    })
+    .await??;
+    Ok(content)
+}
+
+/// `tags/list`: the upstream's list when it answers, the cached tags otherwise; paginated here
+/// with `n` and `last` so the `Link` header always points at this server.
+pub async fn tags_list(state: &Arc<AppState>, repo: &RepoPath, name: &str, query: &Query) -> Result<Response, RegistryError> {
+    let mut tags = if state.config.air_gapped {
+        None
+    } else {
+        upstream_tags(state, repo).await?
+    }
+    .unwrap_or_else(|| state.store.tags(repo));
+    if tags.is_empty() && state.config.air_gapped {
+        return Err(RegistryError::NameUnknown);
+    }
+    tags.sort();
+    tags.dedup();
+    if let Some(last) = &query.last {
+        tags.retain(|t| t > last);
+    }
+    let n = match query.n.as_deref().map(str::parse::<usize>) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => return Err(RegistryError::PaginationInvalid),
+    };
+    let mut link = None;
+    if let Some(n) = n {
+        if tags.len() > n {
+            tags.truncate(n);
+            if let Some(last) = tags.last() {
+                let mut q = form_urlencoded::Serializer::new(String::new());
+                q.append_pair("n", &n.to_string()).append_pair("last", last);
+                if let Some(ns) = &query.ns {
+                    q.append_pair("ns", ns);
+                }
+                link = Some(format!("</v2/{name}/tags/list?{}>; rel=\"next\"", q.finish()));
+            }
+        }
+    }
+    let body = serde_json::json!({"name": name, "tags": tags});
+    let mut resp = axum::Json(body).into_response();
+    if let Some(l) = link.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        resp.headers_mut().insert(header::LINK, l);
+    }
+    Ok(resp)
+}
+
+/// All of an upstream's tags (following its own pagination, bounded). `None` when the
+/// upstream cannot be asked, so the cached tags are served instead.
+async fn upstream_tags(state: &Arc<AppState>, repo: &RepoPath) -> Result<Option<Vec<String>>, RegistryError> {
+    #[derive(serde::Deserialize)]
+    struct TagList {
+        tags: Option<Vec<String>>,
+    }
+    let Ok(upstream) = state.upstreams.get(&repo.registry) else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    let mut suffix = "tags/list".to_owned();
+    for _ in 0..100 {
+        let resp = match upstream.send(Method::GET, &repo.repository, &suffix, HeaderMap::new()).await {
+            Ok(r) => r,
+            Err(e) if e.is_unavailable() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match resp.status().as_u16() {
+            200 => {}
+            404 if out.is_empty() && state.store.tags(repo).is_empty() => return Err(RegistryError::NameUnknown),
+            _ => return Ok(None),
+        }
+        let next = resp
+            .headers()
+            .get(header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| l.split_once("tags/list").map(|(_, rest)| rest.to_owned()))
+            .and_then(|rest| rest.split_once('>').map(|(q, _)| format!("tags/list{q}")));
+        let body = resp.bytes().await.map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+        let list: TagList = serde_json::from_slice(&body)
+            .map_err(|e| RegistryError::BadUpstream(format!("upstream tag list: {e}")))?;
+        out.extend(list.tags.unwrap_or_default());
+        match next {
+            Some(n) => suffix = n,
+            None => return Ok(Some(out)),
+        }
+    }
+    Ok(Some(out))
+}
+
+/// The referrers API: the upstream's answer when it supports it, else an index built from the
+/// cached manifests whose `subject` is `digest`.
+pub async fn referrers(state: &Arc<AppState>, repo: &RepoPath, digest: &Digest, query: &Query) -> Result<Response, RegistryError> {
+    if !state.config.air_gapped {
+        if let Ok(upstream) = state.upstreams.get(&repo.registry) {
+            let mut suffix = format!("referrers/{digest}");
+            if let Some(t) = &query.artifact_type {
+                let q = form_urlencoded::Serializer::new(String::new()).append_pair("artifactType", t).finish();
+                suffix = format!("{suffix}?{q}");
+            }
+            if let Ok(resp) = upstream.send(Method::GET, &repo.repository, &suffix, HeaderMap::new()).await {
+                if resp.status() == StatusCode::OK {
+                    let filtered = resp.headers().get("oci-filters-applied").cloned();
+                    let body = resp.bytes().await.map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+                    if serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|v| v.get("manifests").is_some()) {
+                        let mut out = (
+                            [(header::CONTENT_TYPE, HeaderValue::from_static(OCI_INDEX))],
+                            body,
+                        )
+                            .into_response();
+                        if let Some(f) = filtered {
+                            out.headers_mut().insert("oci-filters-applied", f);
+                        }
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+    }
+    let manifests: Vec<serde_json::Value> = state
+        .store
+        .referrers(digest)
+        .into_iter()
+        .filter(|m| query.artifact_type.is_none() || m.artifact_type == query.artifact_type)
+        .map(|m| {
+            let mut d = serde_json::json!({
+                "mediaType": m.media_type, "digest": m.digest.to_string(), "size": m.size,
+            });
+            if let Some(t) = &m.artifact_type {
+                d["artifactType"] = t.clone().into();
+            }
+            if !m.annotations.is_empty() {
+                d["annotations"] = serde_json::to_value(&m.annotations).unwrap_or_default();
+            }
+            d
+        })
+        .collect();
+    let index = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests});
+    let mut resp = (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(OCI_INDEX))],
+        serde_json::to_vec(&index).unwrap_or_default(),
+    )
+        .into_response();
+    if query.artifact_type.is_some() {
+        resp.headers_mut()
+            .insert("oci-filters-applied", HeaderValue::from_static("artifactType"));
+    }
+    Ok(resp)
+}

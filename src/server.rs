@@ -1,0 +1,154 @@
+//! `imagecache serve`: binds the listeners, loads the cache, runs until a signal.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminState};
+use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
+use crate::registry::{self, AppState};
+use crate::store::{Store, StoreError};
+use crate::upstream::{UpstreamError, Upstreams};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("admin token file {path}: {message}")]
+    Token { path: String, message: String },
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn read_token(config: &Config) -> Result<Option<String>, ServeError> {
+    let Some(path) = &config.admin_token_file else {
+        return Ok(None);
+    };
+    let err = |message: String| ServeError::Token {
+        path: path.display().to_string(),
+        message,
+    };
+    let token = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let token = token.trim();
+    if token.len() < 16 {
+        return Err(err("the token must be at least 16 characters".into()));
+    }
+    Ok(Some(token.to_owned()))
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Runs the registry until SIGINT/SIGTERM or `shutdown` is cancelled.
+pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    config.validate()?;
+    let token = read_token(&config)?;
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new());
+
+    // Admin first, so probes answer (not ready) while the index loads.
+    let admin_state = AdminState::new(metrics.clone(), token);
+    let admin_listener = bind(config.admin_addr).await?;
+    let admin_app = admin::router(admin_state.clone());
+    let admin_stop = shutdown.clone();
+    let admin_task = tokio::spawn(async move {
+        axum::serve(admin_listener, admin_app)
+            .with_graceful_shutdown(admin_stop.cancelled_owned())
+            .await
+    });
+
+    let started = Instant::now();
+    let root = config.image_path.clone();
+    let (store, report) = tokio::task::spawn_blocking(move || Store::open(&root))
+        .await
+        .map_err(std::io::Error::other)??;
+    let store = Arc::new(store);
+    tracing::info!(
+        path = %config.image_path.display(),
+        manifests = report.manifests,
+        blobs = report.blobs,
+        damaged = report.damaged,
+        temp_files_removed = report.temp_files_removed,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "cache index loaded"
+    );
+    let upstreams = Upstreams::new(&config)?;
+    let state = AppState::new(config.clone(), store.clone(), upstreams, metrics);
+    let listener = bind(config.addr).await?;
+    let _ = admin_state.store.set(store.clone());
+    admin_state.ready.store(true, Ordering::Release);
+    tracing::info!(
+        addr = %config.addr,
+        admin_addr = %config.admin_addr,
+        upstreams = config.registries.len(),
+        air_gapped = config.air_gapped,
+        "imagecache serving"
+    );
+
+    let flusher = tokio::spawn(flush_loop(store.clone(), config.access_flush_interval, shutdown.clone()));
+    let signals = tokio::spawn(stop_on_signal(shutdown.clone()));
+    let result = axum::serve(listener, registry::router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    shutdown.cancel();
+    signals.abort();
+    let _ = flusher.await;
+    let _ = admin_task.await;
+    // Last word on pull statistics before exit.
+    let flushed = tokio::task::spawn_blocking(move || store.flush_access())
+        .await
+        .map_err(std::io::Error::other)??;
+    tracing::info!(flushed, "imagecache stopped");
+    Ok(result?)
+}
+
+async fn flush_loop(store: Arc<Store>, every: std::time::Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every.max(std::time::Duration::from_millis(100)));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.flush_access()).await {
+            Ok(Ok(n)) if n > 0 => tracing::debug!(records = n, "flushed pull statistics"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot flush pull statistics"),
+            Err(e) => tracing::warn!(error = %e, "flush task failed"),
+        }
+    }
+}
+
+async fn stop_on_signal(stop: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown requested; finishing requests in flight");
+    stop.cancel();
+}

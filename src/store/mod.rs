@@ -1,0 +1,733 @@
+//! The content-addressed disk cache and its in-memory index.
+//!
+//! Layout under the image path:
+//! ```text
+//! blobs/<alg>/<2 hex>/<hex>     content, manifests included, named by digest
+//! manifests/<alg>/<hex>.json    one ManifestRecord per cached manifest
+//! tags/<sha256(registry/repo)>.json   the tag index of one repository
+//! tmp/                          partial downloads; swept at open
+//! .lock                         held by the process that owns the cache
+//! ```
+//! Every file is written to `tmp/`, fsynced and renamed into place, so a crash leaves either the
+//! old state or the new one, plus temp files that the next open removes. The API is synchronous
+//! and free of HTTP types; async callers wrap it in `spawn_blocking` where it touches the disk.
+
+mod record;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+
+use bytes::Bytes;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+pub use record::{
+    BlobRef, ChildRef, ConfigInfo, DOCKER_LIST, DOCKER_MANIFEST, ManifestError, ManifestRecord,
+    OCI_INDEX, OCI_MANIFEST, ParsedManifest, Platform, is_index_media_type, parse_config,
+    parse_manifest,
+};
+
+use crate::digest::Digest;
+use crate::reference::RepoPath;
+
+/// Manifest bytes kept in memory so hot manifests are served without touching the disk.
+const MANIFEST_MEMORY_BUDGET: usize = 32 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "the cache at {0} is in use by another imagecache process (stop the server, or use its admin API)"
+    )]
+    Locked(PathBuf),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("content does not match digest {expected} (got {actual})")]
+    DigestMismatch { expected: Digest, actual: Digest },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Where a tag pointed, and when that was last confirmed with the upstream.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TagEntry {
+    pub digest: Digest,
+    pub checked: Timestamp,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TagFile {
+    registry: String,
+    repository: String,
+    tags: BTreeMap<String, TagEntry>,
+}
+
+/// Totals for metrics and status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub manifests: u64,
+    pub blobs: u64,
+    pub bytes: u64,
+}
+
+/// What a manifest GET needs, cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ManifestContent {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Bytes,
+}
+
+#[derive(Default)]
+struct Index {
+    manifests: HashMap<Digest, ManifestRecord>,
+    blobs: HashMap<Digest, u64>,
+    blob_bytes: u64,
+    tags: BTreeMap<RepoPath, BTreeMap<String, TagEntry>>,
+}
+
+#[derive(Default)]
+struct MemoryCache {
+    entries: HashMap<Digest, Bytes>,
+    bytes: usize,
+}
+
+pub struct Store {
+    root: PathBuf,
+    index: RwLock<Index>,
+    /// Manifests whose pull statistics changed since the last flush.
+    dirty: Mutex<HashSet<Digest>>,
+    memory: Mutex<MemoryCache>,
+    _lock: File,
+}
+
+/// What opening the cache found, for the start-up log line.
+#[derive(Debug, Default)]
+pub struct OpenReport {
+    pub manifests: usize,
+    pub blobs: usize,
+    pub damaged: usize,
+    pub temp_files_removed: usize,
+}
+
+impl Store {
+    /// Opens (creating if needed) the cache at `root`, takes its lock, sweeps temp files and
+    /// rebuilds the index. Damaged entries are logged and skipped.
+    pub fn open(root: &Path) -> Result<(Store, OpenReport), StoreError> {
+        for dir in ["blobs", "manifests", "tags", "tmp"] {
+            let p = root.join(dir);
+            fs::create_dir_all(&p).map_err(io_err(&p))?;
+        }
+        let lock_path = root.join(".lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        match fs4::fs_std::FileExt::try_lock_exclusive(&lock) {
+            Ok(true) => {}
+            Ok(false) => return Err(StoreError::Locked(root.to_owned())),
+            Err(e) => return Err(io_err(&lock_path)(e)),
+        }
+        let mut report = OpenReport::default();
+        let tmp = root.join("tmp");
+        for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))?.flatten() {
+            if fs::remove_file(entry.path()).is_ok() {
+                report.temp_files_removed += 1;
+            }
+        }
+        let index = load_index(root, &mut report);
+        report.manifests = index.manifests.len();
+        report.blobs = index.blobs.len();
+        Ok((
+            Store {
+                root: root.to_owned(),
+                index: RwLock::new(index),
+                dirty: Mutex::default(),
+                memory: Mutex::default(),
+                _lock: lock,
+            },
+            report,
+        ))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        blob_path(&self.root, digest)
+    }
+
+    /// The size of a cached blob, if it is cached.
+    pub fn blob_size(&self, digest: &Digest) -> Option<u64> {
+        self.read().blobs.get(digest).copied()
+    }
+
+    pub fn stats(&self) -> Stats {
+        let ix = self.read();
+        Stats {
+            manifests: ix.manifests.len() as u64,
+            blobs: ix.blobs.len() as u64,
+            bytes: ix.blob_bytes,
+        }
+    }
+
+    /// A new temp file for a download; commit it with [`Store::commit_blob`].
+    pub fn temp_file(&self) -> Result<(PathBuf, File), StoreError> {
+        let path = self
+            .root
+            .join("tmp")
+            .join(format!("{:016x}", rand::random::<u64>()));
+        let file = File::options()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        Ok((path, file))
+    }
+
+    /// Moves a fully written, fsynced and verified temp file into the cache.
+    pub fn commit_blob(&self, temp: &Path, digest: &Digest, size: u64) -> Result<(), StoreError> {
+        let dest = self.blob_path(digest);
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        fs::rename(temp, &dest).map_err(io_err(&dest))?;
+        self.insert_blob(digest, size);
+        self.fill_config_info(digest);
+        Ok(())
+    }
+
+    /// Writes `data` as a blob after checking it against `digest`.
+    pub fn put_blob(&self, digest: &Digest, data: &[u8]) -> Result<(), StoreError> {
+        if !digest.verifies(data) {
+            return Err(StoreError::DigestMismatch {
+                expected: digest.clone(),
+                actual: Digest::sha256_of(data),
+            });
+        }
+        if self.blob_size(digest).is_some() {
+            return Ok(());
+        }
+        let (path, mut file) = self.temp_file()?;
+        let result = file
+            .write_all(data)
+            .and_then(|_| file.sync_all())
+            .map_err(io_err(&path))
+            .and_then(|_| self.commit_blob(&path, digest, data.len() as u64));
+        if result.is_err() {
+            let _ = fs::remove_file(&path);
+        }
+        result
+    }
+
+    fn insert_blob(&self, digest: &Digest, size: u64) {
+        let mut ix = self.write();
+        if ix.blobs.insert(digest.clone(), size).is_none() {
+            ix.blob_bytes += size;
+        }
+    }
+
+    /// When a config blob arrives, the manifests that use it learn their platform and labels.
+    fn fill_config_info(&self, digest: &Digest) {
+        let waiting: Vec<Digest> = self
+            .read()
+            .manifests
+            .values()
+            .filter(|m| m.config.as_ref().is_some_and(|c| &c.digest == digest) && m.platform.is_none())
+            .map(|m| m.digest.clone())
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let Ok(bytes) = fs::read(self.blob_path(digest)) else {
+            return;
+        };
+        let info = parse_config(&bytes);
+        for m in waiting {
+            let updated = {
+                let mut ix = self.write();
+                ix.manifests.get_mut(&m).map(|r| {
+                    apply_config(r, &info);
+                    r.clone()
+                })
+            };
+            if let Some(r) = updated {
+                if let Err(e) = self.write_record(&r) {
+                    tracing::warn!(digest = %m, error = %e, "cannot update manifest record");
+                }
+            }
+        }
+    }
+
+    /// Caches a manifest fetched through `repo` (and `tag`, when pulled by tag). Idempotent: a
+    /// manifest already cached gains the reference and keeps its history.
+    pub fn put_manifest(
+        &self,
+        repo: &RepoPath,
+        tag: Option<&str>,
+        digest: &Digest,
+        content_type: Option<&str>,
+        bytes: &Bytes,
+        now: Timestamp,
+    ) -> Result<ManifestContent, StoreError> {
+        let existing = self.read().manifests.get(digest).cloned();
+        let record = match existing {
+            Some(mut r) => {
+                if r.references.insert(repo.clone()) {
+                    self.write_record(&r)?;
+                    self.write().manifests.insert(digest.clone(), r.clone());
+                }
+                r
+            }
+            None => {
+                let parsed = parse_manifest(bytes, content_type)?;
+                self.put_blob(digest, bytes)?;
+                let mut r = ManifestRecord {
+                    digest: digest.clone(),
+                    media_type: parsed.media_type,
+                    size: bytes.len() as u64,
+                    references: BTreeSet::from([repo.clone()]),
+                    created: now,
+                    last_pulled: None,
+                    pull_count: 0,
+                    config: parsed.config,
+                    layers: parsed.layers,
+                    children: parsed.children,
+                    subject: parsed.subject,
+                    artifact_type: parsed.artifact_type,
+                    annotations: parsed.annotations,
+                    platform: None,
+                    labels: BTreeMap::new(),
+                    image_created: None,
+                };
+                if let Some(c) = &r.config {
+                    if self.blob_size(&c.digest).is_some() {
+                        if let Ok(b) = fs::read(self.blob_path(&c.digest)) {
+                            apply_config(&mut r, &parse_config(&b));
+                        }
+                    }
+                }
+                self.write_record(&r)?;
+                self.write().manifests.insert(digest.clone(), r.clone());
+                r
+            }
+        };
+        if let Some(tag) = tag {
+            self.set_tag(repo, tag, digest, now)?;
+        }
+        self.remember(digest, bytes);
+        Ok(ManifestContent {
+            digest: digest.clone(),
+            media_type: record.media_type,
+            bytes: bytes.clone(),
+        })
+    }
+
+    /// Whether a manifest is cached (no disk access).
+    pub fn has_manifest(&self, digest: &Digest) -> bool {
+        self.read().manifests.contains_key(digest)
+    }
+
+    /// A cached manifest's bytes and media type. Served from memory when hot.
+    pub fn manifest(&self, digest: &Digest) -> Result<Option<ManifestContent>, StoreError> {
+        let Some(media_type) = self.read().manifests.get(digest).map(|r| r.media_type.clone()) else {
+            return Ok(None);
+        };
+        let cached = self
+            .memory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entries
+            .get(digest)
+            .cloned();
+        let bytes = match cached {
+            Some(b) => b,
+            None => {
+                let path = self.blob_path(digest);
+                match fs::read(&path) {
+                    Ok(b) => {
+                        let b = Bytes::from(b);
+                        self.remember(digest, &b);
+                        b
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(io_err(&path)(e)),
+                }
+            }
+        };
+        Ok(Some(ManifestContent {
+            digest: digest.clone(),
+            media_type,
+            bytes,
+        }))
+    }
+
+    /// The record of a cached manifest.
+    pub fn manifest_record(&self, digest: &Digest) -> Option<ManifestRecord> {
+        self.read().manifests.get(digest).cloned()
+    }
+
+    /// Every manifest record, for listing and prune planning.
+    pub fn manifest_records(&self) -> Vec<ManifestRecord> {
+        self.read().manifests.values().cloned().collect()
+    }
+
+    fn remember(&self, digest: &Digest, bytes: &Bytes) {
+        let mut mem = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+        if mem.entries.contains_key(digest) || bytes.len() > MANIFEST_MEMORY_BUDGET / 16 {
+            return;
+        }
+        // Evicting arbitrary entries is enough: the disk copy is one page-cache read away.
+        while mem.bytes + bytes.len() > MANIFEST_MEMORY_BUDGET {
+            let Some(k) = mem.entries.keys().next().cloned() else {
+                break;
+            };
+            if let Some(v) = mem.entries.remove(&k) {
+                mem.bytes -= v.len();
+            }
+        }
+        mem.bytes += bytes.len();
+        mem.entries.insert(digest.clone(), bytes.clone());
+    }
+
+    /// Counts a pull in memory; [`Store::flush_access`] persists it later.
+    pub fn record_pull(&self, digest: &Digest, now: Timestamp) {
+        let mut ix = self.write();
+        if let Some(r) = ix.manifests.get_mut(digest) {
+            r.last_pulled = Some(now);
+            r.pull_count += 1;
+            drop(ix);
+            self.dirty
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(digest.clone());
+        }
+    }
+
+    /// Adds `repo` to a cached manifest's references (pulled by digest through another repo).
+    pub fn add_reference(&self, digest: &Digest, repo: &RepoPath) -> Result<(), StoreError> {
+        let updated = {
+            let mut ix = self.write();
+            ix.manifests
+                .get_mut(digest)
+                .filter(|r| !r.references.contains(repo))
+                .map(|r| {
+                    r.references.insert(repo.clone());
+                    r.clone()
+                })
+        };
+        match updated {
+            Some(r) => self.write_record(&r),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the batched pull statistics. Returns how many records were written.
+    pub fn flush_access(&self) -> Result<usize, StoreError> {
+        let dirty: Vec<Digest> = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()))
+            .into_iter()
+            .collect();
+        let mut written = 0;
+        for d in dirty {
+            let record = self.read().manifests.get(&d).cloned();
+            if let Some(r) = record {
+                self.write_record(&r)?;
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+
+    pub fn resolve_tag(&self, repo: &RepoPath, tag: &str) -> Option<TagEntry> {
+        self.read().tags.get(repo).and_then(|t| t.get(tag)).cloned()
+    }
+
+    /// Tags of a repository, sorted.
+    pub fn tags(&self, repo: &RepoPath) -> Vec<String> {
+        self.read()
+            .tags
+            .get(repo)
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every (repository, tag) pointing at `digest`.
+    pub fn tags_of(&self, digest: &Digest) -> Vec<(RepoPath, String)> {
+        let ix = self.read();
+        ix.tags
+            .iter()
+            .flat_map(|(repo, tags)| {
+                tags.iter()
+                    .filter(|(_, e)| &e.digest == digest)
+                    .map(move |(t, _)| (repo.clone(), t.clone()))
+            })
+            .collect()
+    }
+
+    pub fn set_tag(&self, repo: &RepoPath, tag: &str, digest: &Digest, now: Timestamp) -> Result<(), StoreError> {
+        self.update_tags(repo, |tags| {
+            tags.insert(
+                tag.to_owned(),
+                TagEntry {
+                    digest: digest.clone(),
+                    checked: now,
+                },
+            );
+        })
+    }
+
+    pub fn remove_tag(&self, repo: &RepoPath, tag: &str) -> Result<(), StoreError> {
+        self.update_tags(repo, |tags| {
+            tags.remove(tag);
+        })
+    }
+
+    fn update_tags(
+        &self,
+        repo: &RepoPath,
+        change: impl FnOnce(&mut BTreeMap<String, TagEntry>),
+    ) -> Result<(), StoreError> {
+        // The write lock is held across the file write so two updates of one repository cannot
+        // persist out of order.
+        let mut ix = self.write();
+        let tags = ix.tags.entry(repo.clone()).or_default();
+        change(tags);
+        let path = tag_path(&self.root, repo);
+        if tags.is_empty() {
+            ix.tags.remove(repo);
+            return match fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&path)(e)),
+                _ => Ok(()),
+            };
+        }
+        let file = TagFile {
+            registry: repo.registry.clone(),
+            repository: repo.repository.clone(),
+            tags: tags.clone(),
+        };
+        write_atomic(&self.root, &path, &json_bytes(&file))
+    }
+
+    /// Manifests whose `subject` is `digest` (the local answer of the referrers API).
+    pub fn referrers(&self, digest: &Digest) -> Vec<ManifestRecord> {
+        let mut out: Vec<_> = self
+            .read()
+            .manifests
+            .values()
+            .filter(|m| m.subject.as_ref() == Some(digest))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.digest.cmp(&b.digest));
+        out
+    }
+
+    /// Removes one manifest, the tags pointing at it, and every blob no remaining manifest
+    /// references. Returns false when it was not cached. Open readers keep reading unlinked
+    /// files, so a pull in flight is not broken.
+    pub fn delete_manifest(&self, digest: &Digest) -> Result<bool, StoreError> {
+        let Some(record) = self.write().manifests.remove(digest) else {
+            return Ok(false);
+        };
+        self.memory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entries
+            .remove(digest);
+        for (repo, tag) in self.tags_of(digest) {
+            self.remove_tag(&repo, &tag)?;
+        }
+        let record_path = record_path(&self.root, digest);
+        match fs::remove_file(&record_path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&record_path)(e)),
+            _ => {}
+        }
+        let still_used: HashSet<Digest> = self
+            .read()
+            .manifests
+            .values()
+            .flat_map(|m| m.blob_digests().cloned().collect::<Vec<_>>())
+            .collect();
+        for blob in record.blob_digests() {
+            if still_used.contains(blob) {
+                continue;
+            }
+            let removed = {
+                let mut ix = self.write();
+                let size = ix.blobs.remove(blob);
+                if let Some(s) = size {
+                    ix.blob_bytes -= s;
+                }
+                size.is_some()
+            };
+            if removed {
+                let p = self.blob_path(blob);
+                if let Err(e) = fs::remove_file(&p) {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        return Err(io_err(&p)(e));
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn write_record(&self, r: &ManifestRecord) -> Result<(), StoreError> {
+        write_atomic(&self.root, &record_path(&self.root, &r.digest), &json_bytes(r))
+    }
+}
+
+fn apply_config(r: &mut ManifestRecord, info: &ConfigInfo) {
+    r.platform = info.platform.clone();
+    r.labels = info.labels.clone();
+    r.image_created = info.created.clone();
+}
+
+fn json_bytes<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serialising these plain structs cannot fail; an empty object keeps the file parseable.
+    serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec())
+}
+
+pub fn blob_path(root: &Path, d: &Digest) -> PathBuf {
+    root.join("blobs")
+        .join(d.algorithm().as_str())
+        .join(&d.hex()[..2])
+        .join(d.hex())
+}
+
+fn record_path(root: &Path, d: &Digest) -> PathBuf {
+    root.join("manifests")
+        .join(d.algorithm().as_str())
+        .join(format!("{}.json", d.hex()))
+}
+
+fn tag_path(root: &Path, repo: &RepoPath) -> PathBuf {
+    let key = Digest::sha256_of(format!("{}/{}", repo.registry, repo.repository).as_bytes());
+    root.join("tags").join(format!("{}.json", key.hex()))
+}
+
+/// Temp file, fsync, rename: readers see the old file or the new one, never a torn one.
+fn write_atomic(root: &Path, dest: &Path, data: &[u8]) -> Result<(), StoreError> {
+    let tmp = root
+        .join("tmp")
+        .join(format!("{:016x}.meta", rand::random::<u64>()));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::rename(&tmp, dest)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(io_err(dest))
+}
+
+fn load_index(root: &Path, report: &mut OpenReport) -> Index {
+    let mut ix = Index::default();
+    // Blobs: names are digests; anything else is not ours and is left alone.
+    for alg in ["sha256", "sha512"] {
+        let Ok(shards) = fs::read_dir(root.join("blobs").join(alg)) else {
+            continue;
+        };
+        for shard in shards.flatten() {
+            let Ok(files) = fs::read_dir(shard.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let name = f.file_name();
+                let Some(digest) = name
+                    .to_str()
+                    .and_then(|n| format!("{alg}:{n}").parse::<Digest>().ok())
+                else {
+                    tracing::warn!(path = %f.path().display(), "skipping unexpected file in blob store");
+                    report.damaged += 1;
+                    continue;
+                };
+                if let Ok(meta) = f.metadata() {
+                    ix.blob_bytes += meta.len();
+                    ix.blobs.insert(digest, meta.len());
+                }
+            }
+        }
+    }
+    for alg in ["sha256", "sha512"] {
+        let Ok(files) = fs::read_dir(root.join("manifests").join(alg)) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let path = f.path();
+            let record = fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<ManifestRecord>(&b).map_err(|e| e.to_string()));
+            match record {
+                Ok(r) if record_path(root, &r.digest) == path && ix.blobs.contains_key(&r.digest) => {
+                    ix.manifests.insert(r.digest.clone(), r);
+                }
+                Ok(r) => {
+                    tracing::warn!(path = %path.display(), digest = %r.digest, "skipping manifest record whose manifest blob is missing or misplaced");
+                    report.damaged += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "skipping damaged manifest record");
+                    report.damaged += 1;
+                }
+            }
+        }
+    }
+    if let Ok(files) = fs::read_dir(root.join("tags")) {
+        for f in files.flatten() {
+            let path = f.path();
+            let parsed = fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<TagFile>(&b).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(t) => {
+                    let repo = RepoPath {
+                        registry: t.registry,
+                        repository: t.repository,
+                    };
+                    let tags: BTreeMap<_, _> = t
+                        .tags
+                        .into_iter()
+                        .filter(|(_, e)| ix.manifests.contains_key(&e.digest))
+                        .collect();
+                    if !tags.is_empty() {
+                        ix.tags.insert(repo, tags);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "skipping damaged tag index");
+                    report.damaged += 1;
+                }
+            }
+        }
+    }
+    ix
+}
+
+#[cfg(test)]
+mod tests;

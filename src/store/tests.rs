@@ -1,0 +1,123 @@
+use super::*;
+
+fn repo(r: &str) -> RepoPath {
+    RepoPath {
+        registry: "upstream.test".into(),
+        repository: r.into(),
+    }
+}
+
+/// A schema2 manifest over the given blobs (config first), with the blobs stored.
+fn image(store: &Store, config: &[u8], layers: &[&[u8]]) -> (Digest, Bytes) {
+    let desc = |b: &[u8], mt: &str| {
+        let d = Digest::sha256_of(b);
+        store.put_blob(&d, b).unwrap();
+        serde_json::json!({"mediaType": mt, "size": b.len(), "digest": d.to_string()})
+    };
+    let m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": DOCKER_MANIFEST,
+        "config": desc(config, "application/vnd.docker.container.image.v1+json"),
+        "layers": layers.iter().map(|l| desc(l, "application/vnd.docker.image.rootfs.diff.tar.gzip")).collect::<Vec<_>>(),
+    });
+    let bytes = Bytes::from(serde_json::to_vec(&m).unwrap());
+    (Digest::sha256_of(&bytes), bytes)
+}
+
+const CONFIG: &[u8] = br#"{"os":"linux","architecture":"amd64","config":{"Labels":{"team":"a"}}}"#;
+
+#[test]
+fn manifests_survive_reopen_with_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Timestamp::now();
+    let digest = {
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let (d, bytes) = image(&store, CONFIG, &[b"layer-1"]);
+        store
+            .put_manifest(&repo("a"), Some("v1"), &d, None, &bytes, now)
+            .unwrap();
+        store.record_pull(&d, now);
+        store.record_pull(&d, now);
+        assert_eq!(store.flush_access().unwrap(), 1);
+        d
+    };
+    let (store, report) = Store::open(dir.path()).unwrap();
+    assert_eq!(report.manifests, 1);
+    assert_eq!(report.blobs, 3);
+    let r = store.manifest_record(&digest).unwrap();
+    assert_eq!(r.pull_count, 2);
+    assert_eq!(r.labels.get("team").map(String::as_str), Some("a"));
+    assert_eq!(r.platform.unwrap().to_string(), "linux/amd64");
+    assert_eq!(store.resolve_tag(&repo("a"), "v1").unwrap().digest, digest);
+    assert_eq!(store.manifest(&digest).unwrap().unwrap().media_type, DOCKER_MANIFEST);
+}
+
+#[test]
+fn config_arriving_later_fills_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let (d, bytes) = image(&store, CONFIG, &[]);
+    let config = Digest::sha256_of(CONFIG);
+    // Drop the config blob, cache the manifest, then let the config arrive.
+    store.write().blobs.remove(&config);
+    fs::remove_file(store.blob_path(&config)).unwrap();
+    store.put_manifest(&repo("a"), None, &d, None, &bytes, Timestamp::now()).unwrap();
+    assert!(store.manifest_record(&d).unwrap().labels.is_empty());
+    store.put_blob(&config, CONFIG).unwrap();
+    assert_eq!(store.manifest_record(&d).unwrap().labels.len(), 1);
+}
+
+#[test]
+fn second_process_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _held = Store::open(dir.path()).unwrap();
+    assert!(matches!(Store::open(dir.path()), Err(StoreError::Locked(_))));
+}
+
+#[test]
+fn damaged_entries_are_skipped_and_temp_files_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let (d, bytes) = image(&store, CONFIG, &[b"x"]);
+        store.put_manifest(&repo("a"), Some("t"), &d, None, &bytes, Timestamp::now()).unwrap();
+    }
+    fs::write(dir.path().join("tmp/partial"), b"half a blob").unwrap();
+    fs::write(dir.path().join(format!("manifests/sha256/{}.json", "f".repeat(64))), b"{broken").unwrap();
+    fs::write(dir.path().join("tags/junk.json"), b"[]").unwrap();
+    let (store, report) = Store::open(dir.path()).unwrap();
+    assert_eq!(report.temp_files_removed, 1);
+    assert_eq!(report.damaged, 2);
+    assert_eq!(report.manifests, 1);
+    assert_eq!(store.tags(&repo("a")), vec!["t".to_owned()]);
+    assert!(fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none());
+}
+
+#[test]
+fn delete_keeps_shared_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let now = Timestamp::now();
+    let (a, ab) = image(&store, CONFIG, &[b"shared", b"only-a"]);
+    let (b, bb) = image(&store, CONFIG, &[b"shared", b"only-b"]);
+    store.put_manifest(&repo("a"), Some("latest"), &a, None, &ab, now).unwrap();
+    store.put_manifest(&repo("b"), Some("latest"), &b, None, &bb, now).unwrap();
+    assert!(store.delete_manifest(&a).unwrap());
+    assert!(!store.delete_manifest(&a).unwrap());
+    assert!(store.blob_size(&Digest::sha256_of(b"shared")).is_some());
+    assert!(store.blob_size(&Digest::sha256_of(CONFIG)).is_some());
+    assert!(store.blob_size(&Digest::sha256_of(b"only-a")).is_none());
+    assert!(!store.blob_path(&Digest::sha256_of(b"only-a")).exists());
+    assert!(store.resolve_tag(&repo("a"), "latest").is_none());
+    assert_eq!(store.stats().manifests, 1);
+}
+
+#[test]
+fn put_blob_refuses_wrong_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let d = Digest::sha256_of(b"right");
+    assert!(matches!(store.put_blob(&d, b"wrong"), Err(StoreError::DigestMismatch { .. })));
+    assert!(store.blob_size(&d).is_none());
+    assert!(fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none());
+}

@@ -1,0 +1,285 @@
+//! HTTP clients for the upstream registries of the allowlist. One pooled client per upstream, so
+//! connections are reused across pulls; bearer tokens are cached per repository scope.
+
+pub mod auth;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode, header};
+
+use crate::config::{Config, RegistryConfig, Timeouts};
+use auth::{CachedToken, Challenge, Credentials, TokenResponse, parse_challenge};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream {0} is not in the allowlist")]
+    NotAllowed(String),
+    #[error("upstream {registry}: {message}")]
+    Setup { registry: String, message: String },
+    #[error("upstream {registry} is unreachable: {message}")]
+    Unreachable { registry: String, message: String },
+    #[error("upstream {registry} did not answer within {timeout:?}")]
+    Timeout { registry: String, timeout: Duration },
+    #[error("upstream {registry} refused our credentials ({status})")]
+    Unauthorized { registry: String, status: StatusCode },
+}
+
+impl UpstreamError {
+    /// Errors where serving a stale cached tag is the right answer.
+    pub fn is_unavailable(&self) -> bool {
+        !matches!(self, UpstreamError::NotAllowed(_) | UpstreamError::Setup { .. })
+    }
+}
+
+/// All upstream clients. Allowlisted ones are built at start; with `allowAnyUpstream` others
+/// are built on first use with default settings.
+pub struct Upstreams {
+    allow_any: bool,
+    clients: RwLock<HashMap<String, Arc<Upstream>>>,
+}
+
+impl Upstreams {
+    pub fn new(config: &Config) -> Result<Upstreams, UpstreamError> {
+        let mut clients = HashMap::new();
+        for r in &config.registries {
+            let up = Upstream::new(r)?;
+            clients.insert(crate::reference::normalize_registry(&r.name), Arc::new(up));
+        }
+        Ok(Upstreams {
+            allow_any: config.allow_any_upstream,
+            clients: RwLock::new(clients),
+        })
+    }
+
+    /// The client for a normalised registry name, if the allowlist permits it.
+    pub fn get(&self, registry: &str) -> Result<Arc<Upstream>, UpstreamError> {
+        if let Some(u) = self.clients.read().unwrap_or_else(|p| p.into_inner()).get(registry) {
+            return Ok(u.clone());
+        }
+        if !self.allow_any {
+            return Err(UpstreamError::NotAllowed(registry.to_owned()));
+        }
+        let up = Arc::new(Upstream::new(&RegistryConfig::named(registry))?);
+        let mut clients = self.clients.write().unwrap_or_else(|p| p.into_inner());
+        Ok(clients.entry(registry.to_owned()).or_insert(up).clone())
+    }
+}
+
+pub struct Upstream {
+    name: String,
+    base: String,
+    client: reqwest::Client,
+    credentials: Option<Credentials>,
+    timeouts: Timeouts,
+    /// The last challenge seen, so new scopes fetch a token before the first request.
+    challenge: Mutex<Option<Challenge>>,
+    tokens: Mutex<HashMap<String, CachedToken>>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("name", &self.name).field("base", &self.base).finish()
+    }
+}
+
+impl Upstream {
+    pub fn new(r: &RegistryConfig) -> Result<Upstream, UpstreamError> {
+        let setup = |message: String| UpstreamError::Setup {
+            registry: r.name.clone(),
+            message,
+        };
+        let base = r.endpoint_url();
+        let host = reqwest::Url::parse(&base)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        let credentials = match &r.auth {
+            Some(a) => auth::load_credentials(&r.name, &host, a).map_err(|e| setup(e.to_string()))?,
+            None => None,
+        };
+        let mut builder = reqwest::Client::builder()
+            .tls_backend_rustls()
+            .connect_timeout(r.timeouts.connect)
+            .read_timeout(r.timeouts.idle)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .user_agent(concat!("imagecache/", env!("CARGO_PKG_VERSION")));
+        if let Some(tls) = &r.tls {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).map_err(|e| setup(format!("cannot read {}: {e}", p.display())))
+            };
+            if let Some(ca) = &tls.ca_file {
+                for cert in reqwest::Certificate::from_pem_bundle(&read(ca)?)
+                    .map_err(|e| setup(format!("caFile {}: {e}", ca.display())))?
+                {
+                    builder = builder.add_root_certificate(cert);
+                }
+            }
+            if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+                let mut pem = read(cert)?;
+                pem.extend_from_slice(b"\n");
+                pem.extend_from_slice(&read(key)?);
+                let id = reqwest::Identity::from_pem(&pem)
+                    .map_err(|e| setup(format!("client certificate: {e}")))?;
+                builder = builder.identity(id);
+            }
+            builder = builder.tls_danger_accept_invalid_certs(tls.insecure_skip_verify);
+        }
+        let client = builder.build().map_err(|e| setup(e.to_string()))?;
+        Ok(Upstream {
+            name: r.name.clone(),
+            base,
+            client,
+            credentials,
+            timeouts: r.timeouts,
+            challenge: Mutex::new(None),
+            tokens: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Sends `method /v2/<repository>/<suffix>` with authentication. A 401 is answered once by
+    /// fetching a token (or sending basic credentials) and retrying; what comes back after that
+    /// is the caller's to interpret, except a second 401/403 which is [`UpstreamError::Unauthorized`].
+    pub async fn send(
+        &self,
+        method: Method,
+        repository: &str,
+        suffix: &str,
+        headers: header::HeaderMap,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let url = format!("{}/v2/{}/{}", self.base, repository, suffix);
+        let scope = format!("repository:{repository}:pull");
+        let mut auth = self.authorization(&scope, false).await?;
+        for attempt in 0..2 {
+            let mut req = self.client.request(method.clone(), &url).headers(headers.clone());
+            if let Some(a) = &auth {
+                req = req.header(header::AUTHORIZATION, a);
+            }
+            let resp = self.timed(req.send()).await?;
+            if resp.status() != StatusCode::UNAUTHORIZED {
+                return Ok(resp);
+            }
+            let challenge = resp
+                .headers()
+                .get(header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_challenge);
+            if attempt == 1 || challenge.is_none() {
+                return Err(UpstreamError::Unauthorized {
+                    registry: self.name.clone(),
+                    status: resp.status(),
+                });
+            }
+            *self.challenge.lock().unwrap_or_else(|p| p.into_inner()) = challenge;
+            auth = self.authorization(&scope, true).await?;
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    /// The Authorization header value for a scope, fetching a token when needed.
+    async fn authorization(&self, scope: &str, refresh: bool) -> Result<Option<String>, UpstreamError> {
+        let challenge = self.challenge.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match challenge {
+            None => Ok(None),
+            Some(Challenge::Basic) => Ok(self.credentials.as_ref().map(basic)),
+            Some(Challenge::Bearer { realm, service }) => {
+                if !refresh {
+                    let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(t) = tokens.get(scope).filter(|t| t.refresh_at > Instant::now()) {
+                        return Ok(Some(format!("Bearer {}", t.token)));
+                    }
+                }
+                let token = self.fetch_token(&realm, service.as_deref(), scope).await?;
+                let value = format!("Bearer {}", token.token);
+                self.tokens
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(scope.to_owned(), token);
+                Ok(Some(value))
+            }
+        }
+    }
+
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<CachedToken, UpstreamError> {
+        let mut req = self.client.get(realm).query(&[("scope", scope)]);
+        if let Some(s) = service {
+            req = req.query(&[("service", s)]);
+        }
+        if let Some(c) = &self.credentials {
+            req = req.basic_auth(&c.username, Some(&c.password));
+        }
+        let resp = self.timed(req.send()).await?;
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(UpstreamError::Unauthorized {
+                registry: self.name.clone(),
+                status,
+            });
+        }
+        let unreachable = |message: String| UpstreamError::Unreachable {
+            registry: self.name.clone(),
+            message,
+        };
+        if !status.is_success() {
+            return Err(unreachable(format!("token endpoint answered {status}")));
+        }
+        let body = resp.bytes().await.map_err(|e| unreachable(error_chain(&e)))?;
+        serde_json::from_slice::<TokenResponse>(&body)
+            .ok()
+            .and_then(|t| t.into_cached(Instant::now()))
+            .ok_or_else(|| unreachable("token endpoint returned no token".to_owned()))
+    }
+
+    async fn timed(
+        &self,
+        fut: impl Future<Output = reqwest::Result<reqwest::Response>>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        match tokio::time::timeout(self.timeouts.first_byte, fut).await {
+            Err(_) => Err(UpstreamError::Timeout {
+                registry: self.name.clone(),
+                timeout: self.timeouts.first_byte,
+            }),
+            Ok(Err(e)) => Err(UpstreamError::Unreachable {
+                registry: self.name.clone(),
+                message: error_chain(&e),
+            }),
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+}
+
+fn basic(c: &Credentials) -> String {
+    use base64::Engine as _;
+    let raw = format!("{}:{}", c.username, c.password);
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+}
+
+/// An error with its causes, without the URL's query (where a token could sit).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    match out.find('?') {
+        Some(i) => {
+            let end = out[i..].find(|c: char| c == ')' || c.is_whitespace()).map_or(out.len(), |j| i + j);
+            out.replace_range(i..end, "");
+            out
+        }
+        None => out,
+    }
+}
