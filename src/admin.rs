@@ -38,7 +38,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ))
         .with_state(state)
 }
 
@@ -84,7 +87,10 @@ async fn require_token(State(state): State<Arc<AdminState>>, req: Request, next:
         Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => next.run(req).await,
         _ => (
             StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer realm=\"imagecache-admin\"")],
+            [(
+                header::WWW_AUTHENTICATE,
+                "Bearer realm=\"imagecache-admin\"",
+            )],
             "admin token required: send Authorization: Bearer <token>\n",
         )
             .into_response(),
@@ -117,12 +123,24 @@ mod tests {
         let state = AdminState::new(Arc::new(Metrics::new()), Some("s3cret".into()));
         let app = router(state.clone());
         assert_eq!(status(&app, "/healthz", None).await, StatusCode::OK);
-        assert_eq!(status(&app, "/readyz", None).await, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            status(&app, "/readyz", None).await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         state.ready.store(true, Ordering::Release);
         assert_eq!(status(&app, "/readyz", None).await, StatusCode::OK);
         assert_eq!(status(&app, "/metrics", None).await, StatusCode::OK);
-        assert_eq!(status(&app, "/cmd/image/list", None).await, StatusCode::UNAUTHORIZED);
-        assert_eq!(status(&app, "/cmd/image/list", Some("Bearer nope")).await, StatusCode::UNAUTHORIZED);
-        assert_eq!(status(&app, "/cmd/image/list", Some("Bearer s3cret")).await, StatusCode::NOT_FOUND);
+        assert_eq!(
+            status(&app, "/cmd/image/list", None).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(&app, "/cmd/image/list", Some("Bearer nope")).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(&app, "/cmd/image/list", Some("Bearer s3cret")).await,
+            StatusCode::NOT_FOUND
+        );
     }
 }

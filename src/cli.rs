@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{Config, LogFormat, RegistryConfig};
 
 #[derive(Parser, Debug)]
-#[command(name = "imagecache", version, about = "Pull-through caching OCI registry")]
+#[command(
+    name = "imagecache",
+    version,
+    about = "Pull-through caching OCI registry"
+)]
 pub struct Cli {
     /// The cache directory (config key `imagePath`).
     #[arg(long, global = true, value_name = "DIR", env = "IMAGECACHE_IMAGE_PATH")]
@@ -72,7 +76,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 impl ServeArgs {
     /// The effective configuration: defaults, then the file, then flags.
-    pub fn resolve(&self, image_path: Option<PathBuf>) -> Result<Config, crate::config::ConfigError> {
+    pub fn resolve(
+        &self,
+        image_path: Option<PathBuf>,
+    ) -> Result<Config, crate::config::ConfigError> {
         let mut c = match &self.config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
@@ -128,9 +135,14 @@ impl ServeArgs {
 
 fn init_logging(config: &crate::config::LogConfig) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("imagecache={0},tower_http={0},warn", config.level)));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!("imagecache={0},tower_http={0},warn", config.level))
+    });
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     let _ = match config.format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -146,8 +158,13 @@ pub fn run() -> anyhow::Result<()> {
         Command::Serve(args) => {
             let config = args.resolve(cli.image_path)?;
             init_logging(&config.log);
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(crate::server::serve(config, tokio_util::sync::CancellationToken::new()))?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(crate::server::serve(
+                config,
+                tokio_util::sync::CancellationToken::new(),
+            ))?;
             Ok(())
         }
     }
@@ -161,7 +178,11 @@ mod tests {
     fn flags_win_over_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.yaml");
-        std::fs::write(&file, "tagTTL: 1h\ndefaultRegistry: quay.io\nregistries: [{name: quay.io}]\n").unwrap();
+        std::fs::write(
+            &file,
+            "tagTTL: 1h\ndefaultRegistry: quay.io\nregistries: [{name: quay.io}]\n",
+        )
+        .unwrap();
         let cli = Cli::try_parse_from([
             "imagecache",
             "--image-path",

@@ -242,13 +242,13 @@ impl Config {
                     ));
                 }
             }
-            if let Some(tls) = &r.tls {
-                if tls.cert_file.is_some() != tls.key_file.is_some() {
-                    return invalid(format!(
-                        "registries: {:?}: tls needs both certFile and keyFile",
-                        r.name
-                    ));
-                }
+            if let Some(tls) = &r.tls
+                && tls.cert_file.is_some() != tls.key_file.is_some()
+            {
+                return invalid(format!(
+                    "registries: {:?}: tls needs both certFile and keyFile",
+                    r.name
+                ));
             }
         }
         if !self.admin_addr.ip().is_loopback() && self.admin_token_file.is_none() {

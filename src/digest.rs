@@ -77,7 +77,9 @@ impl FromStr for Digest {
             _ => return Err(bad()),
         };
         let valid_hex = hex.len() == algorithm.hex_len()
-            && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !valid_hex {
             return Err(bad());
         }
@@ -151,7 +153,11 @@ mod tests {
         let s = format!("sha256:{}", "a".repeat(64));
         let d: Digest = s.parse().unwrap();
         assert_eq!(d.to_string(), s);
-        assert!(format!("sha512:{}", "0".repeat(128)).parse::<Digest>().is_ok());
+        assert!(
+            format!("sha512:{}", "0".repeat(128))
+                .parse::<Digest>()
+                .is_ok()
+        );
     }
 
     #[test]

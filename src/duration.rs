@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid duration {0:?}: expected a number with a unit (ms, s, m, h, d), e.g. 15m or 1h30m")]
+#[error(
+    "invalid duration {0:?}: expected a number with a unit (ms, s, m, h, d), e.g. 15m or 1h30m"
+)]
 pub struct InvalidDuration(pub String);
 
 pub fn parse(s: &str) -> Result<Duration, InvalidDuration> {
@@ -48,7 +50,13 @@ pub fn format(d: Duration) -> String {
         return "0s".to_owned();
     }
     let mut out = String::new();
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ] {
         if ms >= size {
             out.push_str(&format!("{}{unit}", ms / size));
             ms %= size;
@@ -86,7 +94,16 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "m", "10", "10x", "-1s", "1.5h", "99999999999999d", "1h 2m"] {
+        for bad in [
+            "",
+            "m",
+            "10",
+            "10x",
+            "-1s",
+            "1.5h",
+            "99999999999999d",
+            "1h 2m",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }

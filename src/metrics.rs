@@ -119,7 +119,11 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("imagecache");
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("http_requests", "Registry requests by endpoint, method and status", requests.clone());
+        registry.register(
+            "http_requests",
+            "Registry requests by endpoint, method and status",
+            requests.clone(),
+        );
         let request_seconds = Family::<KindLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0005, 4.0, 10))
         });
@@ -129,21 +133,49 @@ impl Metrics {
             request_seconds.clone(),
         );
         let lookups = Family::<LookupLabels, Counter>::default();
-        registry.register("cache_lookups", "Cache lookups by kind and result", lookups.clone());
+        registry.register(
+            "cache_lookups",
+            "Cache lookups by kind and result",
+            lookups.clone(),
+        );
         let upstream_fetches = Family::<UpstreamLabels, Counter>::default();
-        registry.register("upstream_fetches", "Requests sent to upstream registries", upstream_fetches.clone());
+        registry.register(
+            "upstream_fetches",
+            "Requests sent to upstream registries",
+            upstream_fetches.clone(),
+        );
         let upstream_bytes = Family::<KindLabels, Counter>::default();
-        registry.register("upstream_bytes", "Bytes received from upstream registries", upstream_bytes.clone());
+        registry.register(
+            "upstream_bytes",
+            "Bytes received from upstream registries",
+            upstream_bytes.clone(),
+        );
         let served_bytes = Family::<KindLabels, Counter>::default();
-        registry.register("served_bytes", "Bytes sent to clients", served_bytes.clone());
+        registry.register(
+            "served_bytes",
+            "Bytes sent to clients",
+            served_bytes.clone(),
+        );
         let inflight_fetches = Gauge::default();
-        registry.register("inflight_fetches", "Upstream fetches in progress", inflight_fetches.clone());
+        registry.register(
+            "inflight_fetches",
+            "Upstream fetches in progress",
+            inflight_fetches.clone(),
+        );
         let store_manifests = Gauge::default();
-        registry.register("store_manifests", "Manifests in the cache", store_manifests.clone());
+        registry.register(
+            "store_manifests",
+            "Manifests in the cache",
+            store_manifests.clone(),
+        );
         let store_blobs = Gauge::default();
         registry.register("store_blobs", "Blobs in the cache", store_blobs.clone());
         let store_bytes = Gauge::default();
-        registry.register("store_bytes", "Bytes of blobs in the cache", store_bytes.clone());
+        registry.register(
+            "store_bytes",
+            "Bytes of blobs in the cache",
+            store_bytes.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -160,11 +192,15 @@ impl Metrics {
     }
 
     pub fn lookup(&self, kind: Kind, result: Lookup) {
-        self.lookups.get_or_create(&LookupLabels { kind, result }).inc();
+        self.lookups
+            .get_or_create(&LookupLabels { kind, result })
+            .inc();
     }
 
     pub fn upstream(&self, kind: Kind, outcome: Outcome) {
-        self.upstream_fetches.get_or_create(&UpstreamLabels { kind, outcome }).inc();
+        self.upstream_fetches
+            .get_or_create(&UpstreamLabels { kind, outcome })
+            .inc();
     }
 
     /// Renders the text exposition, with the store gauges read at scrape time.

@@ -68,12 +68,12 @@ pub fn parse_route(rest: &str) -> Result<Route<'_>, PathError> {
             reference: parse_reference(reference)?,
         });
     }
-    if let Some((name, tail)) = rest.rsplit_once("/blobs/uploads") {
-        if tail.is_empty() || tail.starts_with('/') {
-            return Ok(Route::BlobUpload {
-                name: checked_name(name)?,
-            });
-        }
+    if let Some((name, tail)) = rest.rsplit_once("/blobs/uploads")
+        && (tail.is_empty() || tail.starts_with('/'))
+    {
+        return Ok(Route::BlobUpload {
+            name: checked_name(name)?,
+        });
     }
     if let Some((name, digest)) = rest.rsplit_once("/blobs/") {
         return Ok(Route::Blob {
@@ -185,10 +185,10 @@ pub fn is_host(s: &str) -> bool {
             None => (s, None),
         }
     };
-    if let Some(p) = port {
-        if p.parse::<u16>().map_or(true, |p| p == 0) {
-            return false;
-        }
+    if let Some(p) = port
+        && p.parse::<u16>().map_or(true, |p| p == 0)
+    {
+        return false;
     }
     if host.is_empty() {
         return s.starts_with('[');
@@ -198,12 +198,16 @@ pub fn is_host(s: &str) -> bool {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
     })
 }
 
 /// Where a request goes: an upstream registry and a repository inside it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct RepoPath {
     pub registry: String,
     pub repository: String,
@@ -278,7 +282,10 @@ mod tests {
         let d = digest();
         assert!(matches!(
             parse_route(&format!("quay.io/a/b/c/blobs/{d}")),
-            Ok(Route::Blob { name: "quay.io/a/b/c", .. })
+            Ok(Route::Blob {
+                name: "quay.io/a/b/c",
+                ..
+            })
         ));
         assert!(matches!(
             parse_route("x/blobs/uploads/"),
@@ -328,10 +335,18 @@ mod tests {
 
     #[test]
     fn hosts() {
-        for ok in ["quay.io", "localhost", "127.0.0.1:5000", "[::1]:5000", "a-b.c"] {
+        for ok in [
+            "quay.io",
+            "localhost",
+            "127.0.0.1:5000",
+            "[::1]:5000",
+            "a-b.c",
+        ] {
             assert!(is_host(ok), "{ok}");
         }
-        for bad in ["", "a..b", "-a.b", "a.b:0", "a.b:x", "[zz]:1", "a/b", "a b", "a%2f"] {
+        for bad in [
+            "", "a..b", "-a.b", "a.b:0", "a.b:x", "[zz]:1", "a/b", "a b", "a%2f",
+        ] {
             assert!(!is_host(bad), "{bad}");
         }
     }
@@ -345,10 +360,7 @@ mod tests {
             "docker.io/library/nginx"
         );
         assert_eq!(sel("quay.io/org/img", None).to_string(), "quay.io/org/img");
-        assert_eq!(
-            sel("localhost/img", None).to_string(),
-            "localhost/img"
-        );
+        assert_eq!(sel("localhost/img", None).to_string(), "localhost/img");
         assert_eq!(
             sel("org/img", Some("127.0.0.1:5000")).to_string(),
             "127.0.0.1:5000/org/img"
@@ -358,7 +370,9 @@ mod tests {
             "docker.io/library/nginx"
         );
         assert_eq!(
-            select_upstream("a/b", None, "upstream.test").unwrap().to_string(),
+            select_upstream("a/b", None, "upstream.test")
+                .unwrap()
+                .to_string(),
             "upstream.test/a/b"
         );
         assert!(select_upstream("a", Some("bad host"), "docker.io").is_err());

@@ -24,7 +24,10 @@ pub enum ServeError {
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("admin token file {path}: {message}")]
     Token { path: String, message: String },
     #[error("server failed: {0}")]
@@ -99,7 +102,11 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         "imagecache serving"
     );
 
-    let flusher = tokio::spawn(flush_loop(store.clone(), config.access_flush_interval, shutdown.clone()));
+    let flusher = tokio::spawn(flush_loop(
+        store.clone(),
+        config.access_flush_interval,
+        shutdown.clone(),
+    ));
     let signals = tokio::spawn(stop_on_signal(shutdown.clone()));
     let result = axum::serve(listener, registry::router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())

@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -78,7 +77,10 @@ impl Source {
         end: Option<u64>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-        let served = metrics.served_bytes.get_or_create(&crate::metrics::KindLabels { kind: Kind::blob }).clone();
+        let served = metrics
+            .served_bytes
+            .get_or_create(&crate::metrics::KindLabels { kind: Kind::blob })
+            .clone();
         futures_util::stream::unfold((self, start), move |(mut src, offset)| {
             let served = served.clone();
             async move {
@@ -90,12 +92,16 @@ impl Source {
                     let state = src.progress.borrow_and_update().clone();
                     let (readable, complete) = match state {
                         Progress::Connecting => (0, None),
-                        Progress::Streaming { written, total } => {
-                            (total.map_or(written, |t| written.min(t.saturating_sub(1))), None)
-                        }
+                        Progress::Streaming { written, total } => (
+                            total.map_or(written, |t| written.min(t.saturating_sub(1))),
+                            None,
+                        ),
                         Progress::Done { size } => (size, Some(size)),
                         Progress::Failed(e) => {
-                            return Some((Err(std::io::Error::other(e.to_string())), (src, u64::MAX)));
+                            return Some((
+                                Err(std::io::Error::other(e.to_string())),
+                                (src, u64::MAX),
+                            ));
                         }
                     };
                     let limit = end.map_or(readable, |e| e.min(readable));
@@ -118,10 +124,10 @@ impl Source {
                             Err(e) => Some((Err(e), (src, u64::MAX))),
                         };
                     }
-                    if let Some(size) = complete {
-                        if offset >= end.map_or(size, |e| e.min(size)) {
-                            return None;
-                        }
+                    if let Some(size) = complete
+                        && offset >= end.map_or(size, |e| e.min(size))
+                    {
+                        return None;
                     }
                     if src.progress.changed().await.is_err() && complete.is_none() {
                         let err = std::io::Error::other("blob fetch ended without a result");
@@ -135,13 +141,20 @@ impl Source {
 
 impl BlobFetches {
     /// Joins the fetch of `digest`, or starts it.
-    pub fn join_or_start(&self, state: &Arc<AppState>, repo: &RepoPath, digest: &Digest) -> Result<Source, RegistryError> {
+    pub fn join_or_start(
+        &self,
+        state: &Arc<AppState>,
+        repo: &RepoPath,
+        digest: &Digest,
+    ) -> Result<Source, RegistryError> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(src) = map.get(digest) {
             return Ok(src.clone());
         }
         let (temp, file) = state.store.temp_file()?;
-        let writer = file.try_clone().map_err(|e| RegistryError::Internal(e.to_string()))?;
+        let writer = file
+            .try_clone()
+            .map_err(|e| RegistryError::Internal(e.to_string()))?;
         let (tx, rx) = watch::channel(Progress::Connecting);
         let src = Source {
             file: Arc::new(file),
@@ -159,14 +172,23 @@ impl BlobFetches {
                     tx.send_replace(Progress::Done { size });
                 }
                 Err(e) => {
-                    let outcome = if e == RegistryError::BlobUnknown { Outcome::not_found } else { Outcome::error };
+                    let outcome = if e == RegistryError::BlobUnknown {
+                        Outcome::not_found
+                    } else {
+                        Outcome::error
+                    };
                     state.metrics.upstream(Kind::blob, outcome);
                     tracing::warn!(%repo, %digest, error = %e, "blob fetch failed; nothing cached");
                     let _ = std::fs::remove_file(&temp);
                     tx.send_replace(Progress::Failed(e));
                 }
             }
-            state.blob_fetches.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&digest);
+            state
+                .blob_fetches
+                .map
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&digest);
         });
         Ok(src)
     }
@@ -186,12 +208,17 @@ async fn fetch(
     repo: &RepoPath,
     digest: &Digest,
     writer: File,
-    temp: &PathBuf,
+    temp: &std::path::Path,
     tx: &watch::Sender<Progress>,
 ) -> Result<u64, RegistryError> {
     let upstream = state.upstreams.get(&repo.registry)?;
     let resp = upstream
-        .send(Method::GET, &repo.repository, &format!("blobs/{digest}"), header::HeaderMap::new())
+        .send(
+            Method::GET,
+            &repo.repository,
+            &format!("blobs/{digest}"),
+            header::HeaderMap::new(),
+        )
         .await?;
     if resp.status() != StatusCode::OK {
         return Err(upstream_failure(&resp, RegistryError::BlobUnknown));
@@ -203,19 +230,30 @@ async fn fetch(
     let mut written: u64 = 0;
     let mut pending = BytesMut::new();
     let mut body = resp.bytes_stream();
-    let upstream_bytes = state.metrics.upstream_bytes.get_or_create(&crate::metrics::KindLabels { kind: Kind::blob }).clone();
+    let upstream_bytes = state
+        .metrics
+        .upstream_bytes
+        .get_or_create(&crate::metrics::KindLabels { kind: Kind::blob })
+        .clone();
     loop {
         let chunk = body.next().await;
         let finished = chunk.is_none();
         if let Some(chunk) = chunk {
             let chunk = chunk.map_err(|e| {
-                RegistryError::Unavailable(format!("upstream {} cut the blob transfer: {}", upstream.name(), crate::upstream::error_chain(&e)))
+                RegistryError::Unavailable(format!(
+                    "upstream {} cut the blob transfer: {}",
+                    upstream.name(),
+                    crate::upstream::error_chain(&e)
+                ))
             })?;
             upstream_bytes.inc_by(chunk.len() as u64);
             hasher.update(&chunk);
             pending.extend_from_slice(&chunk);
             if total.is_some_and(|t| written + pending.len() as u64 > t) {
-                return Err(RegistryError::BadUpstream(format!("upstream sent more than the {} bytes it announced", total.unwrap_or(0))));
+                return Err(RegistryError::BadUpstream(format!(
+                    "upstream sent more than the {} bytes it announced",
+                    total.unwrap_or(0)
+                )));
             }
         }
         // Batch small network chunks into large writes: one blocking call per CHUNK.
@@ -233,15 +271,27 @@ async fn fetch(
     }
     let actual = hasher.finish();
     if &actual != digest {
-        return Err(RegistryError::UpstreamDigest(format!("expected {digest}, got {actual}")));
+        return Err(RegistryError::UpstreamDigest(format!(
+            "expected {digest}, got {actual}"
+        )));
     }
     if total.is_some_and(|t| t != written) {
-        return Err(RegistryError::Unavailable(format!("upstream sent {written} of {} bytes", total.unwrap_or(0))));
+        return Err(RegistryError::Unavailable(format!(
+            "upstream sent {written} of {} bytes",
+            total.unwrap_or(0)
+        )));
     }
-    let (store, temp, digest, w) = (state.store.clone(), temp.clone(), digest.clone(), writer);
+    let (store, temp, digest, w) = (
+        state.store.clone(),
+        temp.to_path_buf(),
+        digest.clone(),
+        writer,
+    );
     tokio::task::spawn_blocking(move || {
         w.sync_all()?;
-        store.commit_blob(&temp, &digest, written).map_err(std::io::Error::other)
+        store
+            .commit_blob(&temp, &digest, written)
+            .map_err(std::io::Error::other)
     })
     .await??;
     Ok(written)

@@ -109,7 +109,9 @@ impl From<UpstreamError> for RegistryError {
 impl From<StoreError> for RegistryError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Manifest(m) => RegistryError::BadUpstream(format!("upstream manifest: {m}")),
+            StoreError::Manifest(m) => {
+                RegistryError::BadUpstream(format!("upstream manifest: {m}"))
+            }
             StoreError::DigestMismatch { .. } => RegistryError::UpstreamDigest(e.to_string()),
             other => RegistryError::Internal(other.to_string()),
         }
@@ -165,14 +167,22 @@ mod tests {
 
     #[tokio::test]
     async fn envelope_has_code_and_status() {
-        let resp = RegistryError::Denied("upstream x is not in the allowlist".into()).into_response();
+        let resp =
+            RegistryError::Denied("upstream x is not in the allowlist".into()).into_response();
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["errors"][0]["code"], "DENIED");
-        assert_eq!(RegistryError::DeleteByTag.into_response().status(), StatusCode::BAD_REQUEST);
         assert_eq!(
-            RegistryError::Unsupported("push is not supported".into()).into_response().status(),
+            RegistryError::DeleteByTag.into_response().status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            RegistryError::Unsupported("push is not supported".into())
+                .into_response()
+                .status(),
             StatusCode::METHOD_NOT_ALLOWED
         );
     }

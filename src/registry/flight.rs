@@ -97,7 +97,9 @@ mod tests {
     #[tokio::test]
     async fn errors_reach_every_waiter() {
         let flights: Flights<u8, u8> = Flights::default();
-        let r = flights.run(1, || async { Err(RegistryError::ManifestUnknown) }).await;
+        let r = flights
+            .run(1, || async { Err(RegistryError::ManifestUnknown) })
+            .await;
         assert_eq!(r, Err(RegistryError::ManifestUnknown));
     }
 }

@@ -47,7 +47,9 @@ pub async fn get(
         state
             .metrics
             .served_bytes
-            .get_or_create(&crate::metrics::KindLabels { kind: Kind::manifest })
+            .get_or_create(&crate::metrics::KindLabels {
+                kind: Kind::manifest,
+            })
             .inc_by(content.bytes.len() as u64);
     }
     Ok(manifest_response(content, head))
@@ -55,7 +57,12 @@ pub async fn get(
 
 fn manifest_response(content: ManifestContent, head: bool) -> Response {
     let len = content.bytes.len();
-    let mut resp = if head { Body::empty() } else { Body::from(content.bytes) }.into_response();
+    let mut resp = if head {
+        Body::empty()
+    } else {
+        Body::from(content.bytes)
+    }
+    .into_response();
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&content.media_type) {
         h.insert(header::CONTENT_TYPE, v);
@@ -70,7 +77,11 @@ fn manifest_response(content: ManifestContent, head: bool) -> Response {
     resp
 }
 
-async fn by_digest(state: &Arc<AppState>, repo: &RepoPath, digest: &Digest) -> Result<ManifestContent, RegistryError> {
+async fn by_digest(
+    state: &Arc<AppState>,
+    repo: &RepoPath,
+    digest: &Digest,
+) -> Result<ManifestContent, RegistryError> {
     if let Some(c) = cached(state, digest).await? {
         state.metrics.lookup(Kind::manifest, Lookup::hit);
         if state
@@ -90,7 +101,11 @@ async fn by_digest(state: &Arc<AppState>, repo: &RepoPath, digest: &Digest) -> R
     fetch(state, repo, Reference::Digest(digest.clone())).await
 }
 
-async fn by_tag(state: &Arc<AppState>, repo: &RepoPath, tag: &str) -> Result<ManifestContent, RegistryError> {
+async fn by_tag(
+    state: &Arc<AppState>,
+    repo: &RepoPath,
+    tag: &str,
+) -> Result<ManifestContent, RegistryError> {
     let Some(entry) = state.store.resolve_tag(repo, tag) else {
         if state.config.air_gapped {
             return Err(RegistryError::ManifestUnknown);
@@ -98,12 +113,14 @@ async fn by_tag(state: &Arc<AppState>, repo: &RepoPath, tag: &str) -> Result<Man
         state.metrics.lookup(Kind::tag, Lookup::miss);
         return fetch(state, repo, Reference::Tag(tag.to_owned())).await;
     };
-    let age = Timestamp::now().duration_since(entry.checked).unsigned_abs();
-    if age < state.config.tag_ttl || state.config.air_gapped {
-        if let Some(c) = cached(state, &entry.digest).await? {
-            state.metrics.lookup(Kind::tag, Lookup::hit);
-            return Ok(c);
-        }
+    let age = Timestamp::now()
+        .duration_since(entry.checked)
+        .unsigned_abs();
+    if (age < state.config.tag_ttl || state.config.air_gapped)
+        && let Some(c) = cached(state, &entry.digest).await?
+    {
+        state.metrics.lookup(Kind::tag, Lookup::hit);
+        return Ok(c);
     }
     if state.config.air_gapped {
         return Err(RegistryError::ManifestUnknown);
@@ -112,11 +129,16 @@ async fn by_tag(state: &Arc<AppState>, repo: &RepoPath, tag: &str) -> Result<Man
     let (st, repo, tag) = (state.clone(), repo.clone(), tag.to_owned());
     state
         .manifest_flights
-        .run(key, move || async move { revalidate(&st, &repo, &tag, entry.digest).await })
+        .run(key, move || async move {
+            revalidate(&st, &repo, &tag, entry.digest).await
+        })
         .await
 }
 
-async fn cached(state: &Arc<AppState>, digest: &Digest) -> Result<Option<ManifestContent>, RegistryError> {
+async fn cached(
+    state: &Arc<AppState>,
+    digest: &Digest,
+) -> Result<Option<ManifestContent>, RegistryError> {
     if !state.store.has_manifest(digest) {
         return Ok(None);
     }
@@ -126,19 +148,31 @@ async fn cached(state: &Arc<AppState>, digest: &Digest) -> Result<Option<Manifes
 
 /// A tag past its TTL: HEAD upstream; unchanged -> touch, changed -> fetch, 404 -> forget,
 /// unreachable -> serve the cached digest (stale-if-error).
-async fn revalidate(state: &Arc<AppState>, repo: &RepoPath, tag: &str, cached_digest: Digest) -> Result<ManifestContent, RegistryError> {
+async fn revalidate(
+    state: &Arc<AppState>,
+    repo: &RepoPath,
+    tag: &str,
+    cached_digest: Digest,
+) -> Result<ManifestContent, RegistryError> {
     let cached_ref = &cached_digest;
     let head = async {
         let upstream = state.upstreams.get(&repo.registry)?;
         Ok::<_, RegistryError>(
             upstream
-                .send(Method::HEAD, &repo.repository, &format!("manifests/{tag}"), accept_header())
+                .send(
+                    Method::HEAD,
+                    &repo.repository,
+                    &format!("manifests/{tag}"),
+                    accept_header(),
+                )
                 .await?,
         )
     }
     .await;
     let stale = |reason: String| async move {
-        let c = cached(state, cached_ref).await?.ok_or(RegistryError::ManifestUnknown)?;
+        let c = cached(state, cached_ref)
+            .await?
+            .ok_or(RegistryError::ManifestUnknown)?;
         tracing::warn!(%repo, tag, %reason, "upstream unavailable; serving cached tag");
         state.metrics.lookup(Kind::tag, Lookup::stale);
         Ok(c)
@@ -162,29 +196,44 @@ async fn revalidate(state: &Arc<AppState>, repo: &RepoPath, tag: &str, cached_di
         .get("docker-content-digest")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<Digest>().ok());
-    if upstream_digest.as_ref() == Some(&cached_digest) {
-        if let Some(c) = cached(state, &cached_digest).await? {
-            let (store, r, t, d) = (state.store.clone(), repo.clone(), tag.to_owned(), cached_digest.clone());
-            tokio::task::spawn_blocking(move || store.set_tag(&r, &t, &d, Timestamp::now())).await??;
-            state.metrics.lookup(Kind::tag, Lookup::revalidated);
-            return Ok(c);
-        }
+    if upstream_digest.as_ref() == Some(&cached_digest)
+        && let Some(c) = cached(state, &cached_digest).await?
+    {
+        let (store, r, t, d) = (
+            state.store.clone(),
+            repo.clone(),
+            tag.to_owned(),
+            cached_digest.clone(),
+        );
+        tokio::task::spawn_blocking(move || store.set_tag(&r, &t, &d, Timestamp::now())).await??;
+        state.metrics.lookup(Kind::tag, Lookup::revalidated);
+        return Ok(c);
     }
     state.metrics.lookup(Kind::tag, Lookup::miss);
     fetch_now(state, repo, &Reference::Tag(tag.to_owned())).await
 }
 
 /// One upstream fetch per (repository, reference), shared by all waiters.
-async fn fetch(state: &Arc<AppState>, repo: &RepoPath, reference: Reference) -> Result<ManifestContent, RegistryError> {
+async fn fetch(
+    state: &Arc<AppState>,
+    repo: &RepoPath,
+    reference: Reference,
+) -> Result<ManifestContent, RegistryError> {
     let key = (repo.clone(), reference.to_string());
     let (st, repo) = (state.clone(), repo.clone());
     state
         .manifest_flights
-        .run(key, move || async move { fetch_now(&st, &repo, &reference).await })
+        .run(key, move || async move {
+            fetch_now(&st, &repo, &reference).await
+        })
         .await
 }
 
-async fn fetch_now(state: &Arc<AppState>, repo: &RepoPath, reference: &Reference) -> Result<ManifestContent, RegistryError> {
+async fn fetch_now(
+    state: &Arc<AppState>,
+    repo: &RepoPath,
+    reference: &Reference,
+) -> Result<ManifestContent, RegistryError> {
     state.metrics.inflight_fetches.inc();
     let result = fetch_inner(state, repo, reference).await;
     state.metrics.inflight_fetches.dec();
@@ -197,10 +246,19 @@ async fn fetch_now(state: &Arc<AppState>, repo: &RepoPath, reference: &Reference
     result
 }
 
-async fn fetch_inner(state: &Arc<AppState>, repo: &RepoPath, reference: &Reference) -> Result<ManifestContent, RegistryError> {
+async fn fetch_inner(
+    state: &Arc<AppState>,
+    repo: &RepoPath,
+    reference: &Reference,
+) -> Result<ManifestContent, RegistryError> {
     let upstream = state.upstreams.get(&repo.registry)?;
     let resp = upstream
-        .send(Method::GET, &repo.repository, &format!("manifests/{reference}"), accept_header())
+        .send(
+            Method::GET,
+            &repo.repository,
+            &format!("manifests/{reference}"),
+            accept_header(),
+        )
         .await?;
     if resp.status() != StatusCode::OK {
         return Err(upstream_failure(&resp, RegistryError::ManifestUnknown));
@@ -210,7 +268,10 @@ async fn fetch_inner(state: &Arc<AppState>, repo: &RepoPath, reference: &Referen
             "upstream manifest for {repo}:{reference} exceeds {MAX_MANIFEST_BYTES} bytes"
         ))
     };
-    if resp.content_length().is_some_and(|l| l > MAX_MANIFEST_BYTES as u64) {
+    if resp
+        .content_length()
+        .is_some_and(|l| l > MAX_MANIFEST_BYTES as u64)
+    {
         return Err(too_large());
     }
     let content_type = resp
@@ -227,7 +288,10 @@ async fn fetch_inner(state: &Arc<AppState>, repo: &RepoPath, reference: &Referen
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
-            RegistryError::Unavailable(format!("upstream cut the manifest transfer: {}", crate::upstream::error_chain(&e)))
+            RegistryError::Unavailable(format!(
+                "upstream cut the manifest transfer: {}",
+                crate::upstream::error_chain(&e)
+            ))
         })?;
         if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
             return Err(too_large());
@@ -238,7 +302,9 @@ async fn fetch_inner(state: &Arc<AppState>, repo: &RepoPath, reference: &Referen
     state
         .metrics
         .upstream_bytes
-        .get_or_create(&crate::metrics::KindLabels { kind: Kind::manifest })
+        .get_or_create(&crate::metrics::KindLabels {
+            kind: Kind::manifest,
+        })
         .inc_by(bytes.len() as u64);
     // The digest we store under must be the content's: by-digest requests verify against the
     // request, by-tag ones against the upstream's header when it names one.
@@ -258,7 +324,14 @@ async fn fetch_inner(state: &Arc<AppState>, repo: &RepoPath, reference: &Referen
     };
     let (store, repo) = (state.store.clone(), repo.clone());
     let content = tokio::task::spawn_blocking(move || {
-        store.put_manifest(&repo, tag.as_deref(), &digest, content_type.as_deref(), &bytes, Timestamp::now())
+        store.put_manifest(
+            &repo,
+            tag.as_deref(),
+            &digest,
+            content_type.as_deref(),
+            &bytes,
+            Timestamp::now(),
+        )
     })
     .await??;
     Ok(content)
@@ -266,7 +339,12 @@ async fn fetch_inner(state: &Arc<AppState>, repo: &RepoPath, reference: &Referen
 
 /// `tags/list`: the upstream's list when it answers, the cached tags otherwise; paginated here
 /// with `n` and `last` so the `Link` header always points at this server.
-pub async fn tags_list(state: &Arc<AppState>, repo: &RepoPath, name: &str, query: &Query) -> Result<Response, RegistryError> {
+pub async fn tags_list(
+    state: &Arc<AppState>,
+    repo: &RepoPath,
+    name: &str,
+    query: &Query,
+) -> Result<Response, RegistryError> {
     let mut tags = if state.config.air_gapped {
         None
     } else {
@@ -287,17 +365,20 @@ pub async fn tags_list(state: &Arc<AppState>, repo: &RepoPath, name: &str, query
         Some(Err(_)) => return Err(RegistryError::PaginationInvalid),
     };
     let mut link = None;
-    if let Some(n) = n {
-        if tags.len() > n {
-            tags.truncate(n);
-            if let Some(last) = tags.last() {
-                let mut q = form_urlencoded::Serializer::new(String::new());
-                q.append_pair("n", &n.to_string()).append_pair("last", last);
-                if let Some(ns) = &query.ns {
-                    q.append_pair("ns", ns);
-                }
-                link = Some(format!("</v2/{name}/tags/list?{}>; rel=\"next\"", q.finish()));
+    if let Some(n) = n
+        && tags.len() > n
+    {
+        tags.truncate(n);
+        if let Some(last) = tags.last() {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            q.append_pair("n", &n.to_string()).append_pair("last", last);
+            if let Some(ns) = &query.ns {
+                q.append_pair("ns", ns);
             }
+            link = Some(format!(
+                "</v2/{name}/tags/list?{}>; rel=\"next\"",
+                q.finish()
+            ));
         }
     }
     let body = serde_json::json!({"name": name, "tags": tags});
@@ -310,7 +391,10 @@ pub async fn tags_list(state: &Arc<AppState>, repo: &RepoPath, name: &str, query
 
 /// All of an upstream's tags (following its own pagination, bounded). `None` when the
 /// upstream cannot be asked, so the cached tags are served instead.
-async fn upstream_tags(state: &Arc<AppState>, repo: &RepoPath) -> Result<Option<Vec<String>>, RegistryError> {
+async fn upstream_tags(
+    state: &Arc<AppState>,
+    repo: &RepoPath,
+) -> Result<Option<Vec<String>>, RegistryError> {
     #[derive(serde::Deserialize)]
     struct TagList {
         tags: Option<Vec<String>>,
@@ -321,14 +405,19 @@ async fn upstream_tags(state: &Arc<AppState>, repo: &RepoPath) -> Result<Option<
     let mut out = Vec::new();
     let mut suffix = "tags/list".to_owned();
     for _ in 0..100 {
-        let resp = match upstream.send(Method::GET, &repo.repository, &suffix, HeaderMap::new()).await {
+        let resp = match upstream
+            .send(Method::GET, &repo.repository, &suffix, HeaderMap::new())
+            .await
+        {
             Ok(r) => r,
             Err(e) if e.is_unavailable() => return Ok(None),
             Err(e) => return Err(e.into()),
         };
         match resp.status().as_u16() {
             200 => {}
-            404 if out.is_empty() && state.store.tags(repo).is_empty() => return Err(RegistryError::NameUnknown),
+            404 if out.is_empty() && state.store.tags(repo).is_empty() => {
+                return Err(RegistryError::NameUnknown);
+            }
             _ => return Ok(None),
         }
         let next = resp
@@ -337,7 +426,10 @@ async fn upstream_tags(state: &Arc<AppState>, repo: &RepoPath) -> Result<Option<
             .and_then(|v| v.to_str().ok())
             .and_then(|l| l.split_once("tags/list").map(|(_, rest)| rest.to_owned()))
             .and_then(|rest| rest.split_once('>').map(|(q, _)| format!("tags/list{q}")));
-        let body = resp.bytes().await.map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
         let list: TagList = serde_json::from_slice(&body)
             .map_err(|e| RegistryError::BadUpstream(format!("upstream tag list: {e}")))?;
         out.extend(list.tags.unwrap_or_default());
@@ -351,30 +443,44 @@ async fn upstream_tags(state: &Arc<AppState>, repo: &RepoPath) -> Result<Option<
 
 /// The referrers API: the upstream's answer when it supports it, else an index built from the
 /// cached manifests whose `subject` is `digest`.
-pub async fn referrers(state: &Arc<AppState>, repo: &RepoPath, digest: &Digest, query: &Query) -> Result<Response, RegistryError> {
-    if !state.config.air_gapped {
-        if let Ok(upstream) = state.upstreams.get(&repo.registry) {
-            let mut suffix = format!("referrers/{digest}");
-            if let Some(t) = &query.artifact_type {
-                let q = form_urlencoded::Serializer::new(String::new()).append_pair("artifactType", t).finish();
-                suffix = format!("{suffix}?{q}");
-            }
-            if let Ok(resp) = upstream.send(Method::GET, &repo.repository, &suffix, HeaderMap::new()).await {
-                if resp.status() == StatusCode::OK {
-                    let filtered = resp.headers().get("oci-filters-applied").cloned();
-                    let body = resp.bytes().await.map_err(|e| RegistryError::Unavailable(e.to_string()))?;
-                    if serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|v| v.get("manifests").is_some()) {
-                        let mut out = (
-                            [(header::CONTENT_TYPE, HeaderValue::from_static(OCI_INDEX))],
-                            body,
-                        )
-                            .into_response();
-                        if let Some(f) = filtered {
-                            out.headers_mut().insert("oci-filters-applied", f);
-                        }
-                        return Ok(out);
-                    }
+pub async fn referrers(
+    state: &Arc<AppState>,
+    repo: &RepoPath,
+    digest: &Digest,
+    query: &Query,
+) -> Result<Response, RegistryError> {
+    if !state.config.air_gapped
+        && let Ok(upstream) = state.upstreams.get(&repo.registry)
+    {
+        let mut suffix = format!("referrers/{digest}");
+        if let Some(t) = &query.artifact_type {
+            let q = form_urlencoded::Serializer::new(String::new())
+                .append_pair("artifactType", t)
+                .finish();
+            suffix = format!("{suffix}?{q}");
+        }
+        if let Ok(resp) = upstream
+            .send(Method::GET, &repo.repository, &suffix, HeaderMap::new())
+            .await
+            && resp.status() == StatusCode::OK
+        {
+            let filtered = resp.headers().get("oci-filters-applied").cloned();
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+            if serde_json::from_slice::<serde_json::Value>(&body)
+                .is_ok_and(|v| v.get("manifests").is_some())
+            {
+                let mut out = (
+                    [(header::CONTENT_TYPE, HeaderValue::from_static(OCI_INDEX))],
+                    body,
+                )
+                    .into_response();
+                if let Some(f) = filtered {
+                    out.headers_mut().insert("oci-filters-applied", f);
                 }
+                return Ok(out);
             }
         }
     }
@@ -396,15 +502,18 @@ pub async fn referrers(state: &Arc<AppState>, repo: &RepoPath, digest: &Digest, 
             d
         })
         .collect();
-    let index = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests});
+    let index =
+        serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests});
     let mut resp = (
         [(header::CONTENT_TYPE, HeaderValue::from_static(OCI_INDEX))],
         serde_json::to_vec(&index).unwrap_or_default(),
     )
         .into_response();
     if query.artifact_type.is_some() {
-        resp.headers_mut()
-            .insert("oci-filters-applied", HeaderValue::from_static("artifactType"));
+        resp.headers_mut().insert(
+            "oci-filters-applied",
+            HeaderValue::from_static("artifactType"),
+        );
     }
     Ok(resp)
 }

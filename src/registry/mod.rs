@@ -38,7 +38,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Arc<Config>, store: Arc<Store>, upstreams: Upstreams, metrics: Arc<Metrics>) -> Arc<AppState> {
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<Store>,
+        upstreams: Upstreams,
+        metrics: Arc<Metrics>,
+    ) -> Arc<AppState> {
         Arc::new(AppState {
             config,
             store,
@@ -116,7 +121,10 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
     resp
 }
 
-async fn handle(state: &Arc<AppState>, req: &axum::http::request::Parts) -> (Endpoint, Result<Response, RegistryError>) {
+async fn handle(
+    state: &Arc<AppState>,
+    req: &axum::http::request::Parts,
+) -> (Endpoint, Result<Response, RegistryError>) {
     let path = req.uri.path();
     let rest = path.strip_prefix("/v2").unwrap_or(path);
     let rest = rest.strip_prefix('/').unwrap_or(rest);
@@ -132,15 +140,26 @@ async fn handle(state: &Arc<AppState>, req: &axum::http::request::Parts) -> (End
         let repo = select_upstream(name, query.ns.as_deref(), &state.config.default_registry)?;
         // The allowlist applies in every mode, so a cache cannot be used to probe other hosts.
         if !state.config.allow_any_upstream && state.config.registry(&repo.registry).is_none() {
-            return Err(RegistryError::Denied(format!("upstream {} is not in the allowlist", repo.registry)));
+            return Err(RegistryError::Denied(format!(
+                "upstream {} is not in the allowlist",
+                repo.registry
+            )));
         }
         Ok(repo)
     };
-    let push = || Err(RegistryError::Unsupported("this registry is a pull-through cache: pushing is not supported".into()));
+    let push = || {
+        Err(RegistryError::Unsupported(
+            "this registry is a pull-through cache: pushing is not supported".into(),
+        ))
+    };
     match route {
         Route::Base => (
             Endpoint::base,
-            if read { Ok((StatusCode::OK, axum::Json(serde_json::json!({}))).into_response()) } else { push() },
+            if read {
+                Ok((StatusCode::OK, axum::Json(serde_json::json!({}))).into_response())
+            } else {
+                push()
+            },
         ),
         Route::BlobUpload { .. } => (Endpoint::upload, push()),
         Route::Manifest { name, reference } => {
@@ -195,7 +214,10 @@ async fn handle(state: &Arc<AppState>, req: &axum::http::request::Parts) -> (End
 }
 
 /// Maps an upstream's non-success answer to our error, `not_found` for its 404.
-pub(crate) fn upstream_failure(resp: &reqwest::Response, not_found: RegistryError) -> RegistryError {
+pub(crate) fn upstream_failure(
+    resp: &reqwest::Response,
+    not_found: RegistryError,
+) -> RegistryError {
     let status = resp.status();
     match status.as_u16() {
         404 => not_found,
@@ -278,7 +300,10 @@ async fn get_blob(
         }
     };
     let size = source.ready().await?;
-    let range = match (headers.get(header::RANGE).and_then(|v| v.to_str().ok()), size) {
+    let range = match (
+        headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
+        size,
+    ) {
         (Some(r), Some(size)) => parse_range(r, size)?,
         _ => None,
     };
@@ -291,7 +316,10 @@ async fn get_blob(
         (Some((start, end)), Some(size)) => {
             builder = builder
                 .status(StatusCode::PARTIAL_CONTENT)
-                .header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", end - 1))
+                .header(
+                    header::CONTENT_RANGE,
+                    format!("bytes {start}-{}/{size}", end - 1),
+                )
                 .header(header::CONTENT_LENGTH, end - start);
             (start, Some(end))
         }
@@ -307,17 +335,28 @@ async fn get_blob(
     } else {
         Body::from_stream(source.stream(start, end, state.metrics.clone()))
     };
-    builder.body(body).map_err(|e| RegistryError::Internal(e.to_string()))
+    builder
+        .body(body)
+        .map_err(|e| RegistryError::Internal(e.to_string()))
 }
 
 /// HEAD of an uncached blob asks the upstream without downloading the blob.
-async fn head_blob_upstream(state: &Arc<AppState>, repo: &RepoPath, digest: &Digest) -> Result<Response, RegistryError> {
+async fn head_blob_upstream(
+    state: &Arc<AppState>,
+    repo: &RepoPath,
+    digest: &Digest,
+) -> Result<Response, RegistryError> {
     let size = match state.blob_fetches.pending_size(digest) {
         Some(size) => size,
         None => {
             let upstream = state.upstreams.get(&repo.registry)?;
             let resp = upstream
-                .send(Method::HEAD, &repo.repository, &format!("blobs/{digest}"), HeaderMap::new())
+                .send(
+                    Method::HEAD,
+                    &repo.repository,
+                    &format!("blobs/{digest}"),
+                    HeaderMap::new(),
+                )
                 .await?;
             if resp.status() != StatusCode::OK {
                 state.metrics.upstream(Kind::blob, Outcome::not_found);

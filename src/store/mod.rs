@@ -254,7 +254,9 @@ impl Store {
             .read()
             .manifests
             .values()
-            .filter(|m| m.config.as_ref().is_some_and(|c| &c.digest == digest) && m.platform.is_none())
+            .filter(|m| {
+                m.config.as_ref().is_some_and(|c| &c.digest == digest) && m.platform.is_none()
+            })
             .map(|m| m.digest.clone())
             .collect();
         if waiting.is_empty() {
@@ -272,10 +274,10 @@ impl Store {
                     r.clone()
                 })
             };
-            if let Some(r) = updated {
-                if let Err(e) = self.write_record(&r) {
-                    tracing::warn!(digest = %m, error = %e, "cannot update manifest record");
-                }
+            if let Some(r) = updated
+                && let Err(e) = self.write_record(&r)
+            {
+                tracing::warn!(digest = %m, error = %e, "cannot update manifest record");
             }
         }
     }
@@ -321,12 +323,11 @@ impl Store {
                     labels: BTreeMap::new(),
                     image_created: None,
                 };
-                if let Some(c) = &r.config {
-                    if self.blob_size(&c.digest).is_some() {
-                        if let Ok(b) = fs::read(self.blob_path(&c.digest)) {
-                            apply_config(&mut r, &parse_config(&b));
-                        }
-                    }
+                if let Some(c) = &r.config
+                    && self.blob_size(&c.digest).is_some()
+                    && let Ok(b) = fs::read(self.blob_path(&c.digest))
+                {
+                    apply_config(&mut r, &parse_config(&b));
                 }
                 self.write_record(&r)?;
                 self.write().manifests.insert(digest.clone(), r.clone());
@@ -351,7 +352,12 @@ impl Store {
 
     /// A cached manifest's bytes and media type. Served from memory when hot.
     pub fn manifest(&self, digest: &Digest) -> Result<Option<ManifestContent>, StoreError> {
-        let Some(media_type) = self.read().manifests.get(digest).map(|r| r.media_type.clone()) else {
+        let Some(media_type) = self
+            .read()
+            .manifests
+            .get(digest)
+            .map(|r| r.media_type.clone())
+        else {
             return Ok(None);
         };
         let cached = self
@@ -445,9 +451,10 @@ impl Store {
 
     /// Writes the batched pull statistics. Returns how many records were written.
     pub fn flush_access(&self) -> Result<usize, StoreError> {
-        let dirty: Vec<Digest> = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()))
-            .into_iter()
-            .collect();
+        let dirty: Vec<Digest> =
+            std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_iter()
+                .collect();
         let mut written = 0;
         for d in dirty {
             let record = self.read().manifests.get(&d).cloned();
@@ -485,7 +492,13 @@ impl Store {
             .collect()
     }
 
-    pub fn set_tag(&self, repo: &RepoPath, tag: &str, digest: &Digest, now: Timestamp) -> Result<(), StoreError> {
+    pub fn set_tag(
+        &self,
+        repo: &RepoPath,
+        tag: &str,
+        digest: &Digest,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
         self.update_tags(repo, |tags| {
             tags.insert(
                 tag.to_owned(),
@@ -582,10 +595,10 @@ impl Store {
             };
             if removed {
                 let p = self.blob_path(blob);
-                if let Err(e) = fs::remove_file(&p) {
-                    if e.kind() != io::ErrorKind::NotFound {
-                        return Err(io_err(&p)(e));
-                    }
+                if let Err(e) = fs::remove_file(&p)
+                    && e.kind() != io::ErrorKind::NotFound
+                {
+                    return Err(io_err(&p)(e));
                 }
             }
         }
@@ -593,7 +606,11 @@ impl Store {
     }
 
     fn write_record(&self, r: &ManifestRecord) -> Result<(), StoreError> {
-        write_atomic(&self.root, &record_path(&self.root, &r.digest), &json_bytes(r))
+        write_atomic(
+            &self.root,
+            &record_path(&self.root, &r.digest),
+            &json_bytes(r),
+        )
     }
 }
 
@@ -680,11 +697,13 @@ fn load_index(root: &Path, report: &mut OpenReport) -> Index {
         };
         for f in files.flatten() {
             let path = f.path();
-            let record = fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<ManifestRecord>(&b).map_err(|e| e.to_string()));
+            let record = fs::read(&path).map_err(|e| e.to_string()).and_then(|b| {
+                serde_json::from_slice::<ManifestRecord>(&b).map_err(|e| e.to_string())
+            });
             match record {
-                Ok(r) if record_path(root, &r.digest) == path && ix.blobs.contains_key(&r.digest) => {
+                Ok(r)
+                    if record_path(root, &r.digest) == path && ix.blobs.contains_key(&r.digest) =>
+                {
                     ix.manifests.insert(r.digest.clone(), r);
                 }
                 Ok(r) => {

@@ -140,7 +140,10 @@ pub struct ParsedManifest {
 
 /// Parses a manifest or index. `content_type` is the upstream's header, which wins over the
 /// body's own `mediaType` (Docker schema2 manifests carry both; some OCI ones carry neither).
-pub fn parse_manifest(bytes: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, ManifestError> {
+pub fn parse_manifest(
+    bytes: &[u8],
+    content_type: Option<&str>,
+) -> Result<ParsedManifest, ManifestError> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Probe {
@@ -148,7 +151,8 @@ pub fn parse_manifest(bytes: &[u8], content_type: Option<&str>) -> Result<Parsed
         manifests: Option<serde_json::Value>,
         schema_version: Option<u32>,
     }
-    let probe: Probe = serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
+    let probe: Probe =
+        serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
     let content_type = content_type
         .map(|c| c.split(';').next().unwrap_or("").trim())
         .filter(|c| !c.is_empty() && *c != "application/json" && *c != "application/octet-stream");
@@ -183,9 +187,18 @@ pub fn parse_manifest(bytes: &[u8], content_type: Option<&str>) -> Result<Parsed
                 }),
             });
         }
-        parsed.subject = index.subject().as_ref().map(|s| digest(s.digest())).transpose()?;
+        parsed.subject = index
+            .subject()
+            .as_ref()
+            .map(|s| digest(s.digest()))
+            .transpose()?;
         parsed.artifact_type = index.artifact_type().as_ref().map(|a| a.to_string());
-        parsed.annotations = index.annotations().clone().unwrap_or_default().into_iter().collect();
+        parsed.annotations = index
+            .annotations()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
     } else if probe.schema_version == Some(2) {
         let m: ImageManifest =
             serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
@@ -198,13 +211,22 @@ pub fn parse_manifest(bytes: &[u8], content_type: Option<&str>) -> Result<Parsed
         };
         parsed.config = Some(blob(m.config())?);
         parsed.layers = m.layers().iter().map(blob).collect::<Result<_, _>>()?;
-        parsed.subject = m.subject().as_ref().map(|s| digest(s.digest())).transpose()?;
+        parsed.subject = m
+            .subject()
+            .as_ref()
+            .map(|s| digest(s.digest()))
+            .transpose()?;
         parsed.artifact_type = m
             .artifact_type()
             .as_ref()
             .map(|a| a.to_string())
             .or_else(|| Some(m.config().media_type().to_string()).filter(|t| !is_image_config(t)));
-        parsed.annotations = m.annotations().clone().unwrap_or_default().into_iter().collect();
+        parsed.annotations = m
+            .annotations()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
     }
     // Anything else (Docker schema1, unknown artifacts) is cached opaquely, with no blob links.
     Ok(parsed)
@@ -289,7 +311,10 @@ mod tests {
         );
         let p = parse_manifest(m.as_bytes(), Some(&format!("{OCI_INDEX}; charset=utf-8"))).unwrap();
         assert_eq!(p.children.len(), 1);
-        assert_eq!(p.children[0].platform.as_ref().unwrap().to_string(), "linux/arm/v7");
+        assert_eq!(
+            p.children[0].platform.as_ref().unwrap().to_string(),
+            "linux/arm/v7"
+        );
     }
 
     #[test]

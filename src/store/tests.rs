@@ -49,7 +49,10 @@ fn manifests_survive_reopen_with_metadata() {
     assert_eq!(r.labels.get("team").map(String::as_str), Some("a"));
     assert_eq!(r.platform.unwrap().to_string(), "linux/amd64");
     assert_eq!(store.resolve_tag(&repo("a"), "v1").unwrap().digest, digest);
-    assert_eq!(store.manifest(&digest).unwrap().unwrap().media_type, DOCKER_MANIFEST);
+    assert_eq!(
+        store.manifest(&digest).unwrap().unwrap().media_type,
+        DOCKER_MANIFEST
+    );
 }
 
 #[test]
@@ -61,7 +64,9 @@ fn config_arriving_later_fills_labels() {
     // Drop the config blob, cache the manifest, then let the config arrive.
     store.write().blobs.remove(&config);
     fs::remove_file(store.blob_path(&config)).unwrap();
-    store.put_manifest(&repo("a"), None, &d, None, &bytes, Timestamp::now()).unwrap();
+    store
+        .put_manifest(&repo("a"), None, &d, None, &bytes, Timestamp::now())
+        .unwrap();
     assert!(store.manifest_record(&d).unwrap().labels.is_empty());
     store.put_blob(&config, CONFIG).unwrap();
     assert_eq!(store.manifest_record(&d).unwrap().labels.len(), 1);
@@ -71,7 +76,10 @@ fn config_arriving_later_fills_labels() {
 fn second_process_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _held = Store::open(dir.path()).unwrap();
-    assert!(matches!(Store::open(dir.path()), Err(StoreError::Locked(_))));
+    assert!(matches!(
+        Store::open(dir.path()),
+        Err(StoreError::Locked(_))
+    ));
 }
 
 #[test]
@@ -80,17 +88,29 @@ fn damaged_entries_are_skipped_and_temp_files_swept() {
     {
         let (store, _) = Store::open(dir.path()).unwrap();
         let (d, bytes) = image(&store, CONFIG, &[b"x"]);
-        store.put_manifest(&repo("a"), Some("t"), &d, None, &bytes, Timestamp::now()).unwrap();
+        store
+            .put_manifest(&repo("a"), Some("t"), &d, None, &bytes, Timestamp::now())
+            .unwrap();
     }
     fs::write(dir.path().join("tmp/partial"), b"half a blob").unwrap();
-    fs::write(dir.path().join(format!("manifests/sha256/{}.json", "f".repeat(64))), b"{broken").unwrap();
+    fs::write(
+        dir.path()
+            .join(format!("manifests/sha256/{}.json", "f".repeat(64))),
+        b"{broken",
+    )
+    .unwrap();
     fs::write(dir.path().join("tags/junk.json"), b"[]").unwrap();
     let (store, report) = Store::open(dir.path()).unwrap();
     assert_eq!(report.temp_files_removed, 1);
     assert_eq!(report.damaged, 2);
     assert_eq!(report.manifests, 1);
     assert_eq!(store.tags(&repo("a")), vec!["t".to_owned()]);
-    assert!(fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none());
+    assert!(
+        fs::read_dir(dir.path().join("tmp"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
 }
 
 #[test]
@@ -100,8 +120,12 @@ fn delete_keeps_shared_blobs() {
     let now = Timestamp::now();
     let (a, ab) = image(&store, CONFIG, &[b"shared", b"only-a"]);
     let (b, bb) = image(&store, CONFIG, &[b"shared", b"only-b"]);
-    store.put_manifest(&repo("a"), Some("latest"), &a, None, &ab, now).unwrap();
-    store.put_manifest(&repo("b"), Some("latest"), &b, None, &bb, now).unwrap();
+    store
+        .put_manifest(&repo("a"), Some("latest"), &a, None, &ab, now)
+        .unwrap();
+    store
+        .put_manifest(&repo("b"), Some("latest"), &b, None, &bb, now)
+        .unwrap();
     assert!(store.delete_manifest(&a).unwrap());
     assert!(!store.delete_manifest(&a).unwrap());
     assert!(store.blob_size(&Digest::sha256_of(b"shared")).is_some());
@@ -117,7 +141,15 @@ fn put_blob_refuses_wrong_content() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(dir.path()).unwrap();
     let d = Digest::sha256_of(b"right");
-    assert!(matches!(store.put_blob(&d, b"wrong"), Err(StoreError::DigestMismatch { .. })));
+    assert!(matches!(
+        store.put_blob(&d, b"wrong"),
+        Err(StoreError::DigestMismatch { .. })
+    ));
     assert!(store.blob_size(&d).is_none());
-    assert!(fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none());
+    assert!(
+        fs::read_dir(dir.path().join("tmp"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
 }

@@ -101,7 +101,10 @@ pub fn docker_config_lookup(
             .trim_start_matches("http://");
         k.split('/').next().unwrap_or(k).to_ascii_lowercase()
     };
-    let mut wanted = vec![registry.to_ascii_lowercase(), endpoint_host.to_ascii_lowercase()];
+    let mut wanted = vec![
+        registry.to_ascii_lowercase(),
+        endpoint_host.to_ascii_lowercase(),
+    ];
     if registry == "docker.io" {
         wanted.extend(["index.docker.io".into(), "registry-1.docker.io".into()]);
     }
@@ -125,7 +128,8 @@ pub fn docker_config_lookup(
     let decoded = STANDARD
         .decode(auth.trim())
         .map_err(|_| "an auth entry is not base64".to_owned())?;
-    let decoded = String::from_utf8(decoded).map_err(|_| "an auth entry is not UTF-8".to_owned())?;
+    let decoded =
+        String::from_utf8(decoded).map_err(|_| "an auth entry is not UTF-8".to_owned())?;
     let (u, p) = decoded
         .split_once(':')
         .ok_or_else(|| "an auth entry is not user:password".to_owned())?;
@@ -170,7 +174,8 @@ fn parse_params(s: &str) -> HashMap<String, String> {
         while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
             chars.next();
         }
-        let key: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=' && *c != ',')).collect();
+        let key: String =
+            std::iter::from_fn(|| chars.next_if(|c| *c != '=' && *c != ',')).collect();
         if key.is_empty() {
             break;
         }
@@ -246,7 +251,10 @@ mod tests {
                 service: Some("registry.docker.io".into())
             })
         );
-        assert_eq!(parse_challenge(r#"Basic realm="x""#), Some(Challenge::Basic));
+        assert_eq!(
+            parse_challenge(r#"Basic realm="x""#),
+            Some(Challenge::Basic)
+        );
         assert_eq!(parse_challenge("Negotiate"), None);
         assert_eq!(parse_challenge("Bearer service=x"), None);
         let q = parse_params(r#"realm="a\"b,c", x=y"#);
@@ -260,11 +268,22 @@ mod tests {
         let cfg = format!(
             r#"{{"auths":{{"https://index.docker.io/v1/":{{"auth":"{auth}"}},"quay.io":{{"username":"q","password":"p"}}}}}}"#
         );
-        let hub = docker_config_lookup(&cfg, "docker.io", "registry-1.docker.io").unwrap().unwrap();
+        let hub = docker_config_lookup(&cfg, "docker.io", "registry-1.docker.io")
+            .unwrap()
+            .unwrap();
         assert_eq!(hub.username, "bob");
         assert_eq!(hub.password, "s3cret");
-        assert_eq!(docker_config_lookup(&cfg, "quay.io", "quay.io").unwrap().unwrap().password, "p");
-        assert_eq!(docker_config_lookup(&cfg, "ghcr.io", "ghcr.io").unwrap(), None);
+        assert_eq!(
+            docker_config_lookup(&cfg, "quay.io", "quay.io")
+                .unwrap()
+                .unwrap()
+                .password,
+            "p"
+        );
+        assert_eq!(
+            docker_config_lookup(&cfg, "ghcr.io", "ghcr.io").unwrap(),
+            None
+        );
         assert!(docker_config_lookup("nope", "x", "x").is_err());
     }
 
@@ -301,6 +320,14 @@ mod tests {
         };
         assert_eq!(t(Some(300)), Duration::from_secs(270));
         assert_eq!(t(None), Duration::from_secs(48));
-        assert!(TokenResponse { token: None, access_token: None, expires_in: None }.into_cached(now).is_none());
+        assert!(
+            TokenResponse {
+                token: None,
+                access_token: None,
+                expires_in: None
+            }
+            .into_cached(now)
+            .is_none()
+        );
     }
 }

@@ -23,13 +23,19 @@ pub enum UpstreamError {
     #[error("upstream {registry} did not answer within {timeout:?}")]
     Timeout { registry: String, timeout: Duration },
     #[error("upstream {registry} refused our credentials ({status})")]
-    Unauthorized { registry: String, status: StatusCode },
+    Unauthorized {
+        registry: String,
+        status: StatusCode,
+    },
 }
 
 impl UpstreamError {
     /// Errors where serving a stale cached tag is the right answer.
     pub fn is_unavailable(&self) -> bool {
-        !matches!(self, UpstreamError::NotAllowed(_) | UpstreamError::Setup { .. })
+        !matches!(
+            self,
+            UpstreamError::NotAllowed(_) | UpstreamError::Setup { .. }
+        )
     }
 }
 
@@ -55,7 +61,12 @@ impl Upstreams {
 
     /// The client for a normalised registry name, if the allowlist permits it.
     pub fn get(&self, registry: &str) -> Result<Arc<Upstream>, UpstreamError> {
-        if let Some(u) = self.clients.read().unwrap_or_else(|p| p.into_inner()).get(registry) {
+        if let Some(u) = self
+            .clients
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(registry)
+        {
             return Ok(u.clone());
         }
         if !self.allow_any {
@@ -80,7 +91,10 @@ pub struct Upstream {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream").field("name", &self.name).field("base", &self.base).finish()
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .field("base", &self.base)
+            .finish()
     }
 }
 
@@ -96,7 +110,9 @@ impl Upstream {
             .and_then(|u| u.host_str().map(str::to_owned))
             .unwrap_or_default();
         let credentials = match &r.auth {
-            Some(a) => auth::load_credentials(&r.name, &host, a).map_err(|e| setup(e.to_string()))?,
+            Some(a) => {
+                auth::load_credentials(&r.name, &host, a).map_err(|e| setup(e.to_string()))?
+            }
             None => None,
         };
         let mut builder = reqwest::Client::builder()
@@ -157,7 +173,10 @@ impl Upstream {
         let scope = format!("repository:{repository}:pull");
         let mut auth = self.authorization(&scope, false).await?;
         for attempt in 0..2 {
-            let mut req = self.client.request(method.clone(), &url).headers(headers.clone());
+            let mut req = self
+                .client
+                .request(method.clone(), &url)
+                .headers(headers.clone());
             if let Some(a) = &auth {
                 req = req.header(header::AUTHORIZATION, a);
             }
@@ -183,8 +202,16 @@ impl Upstream {
     }
 
     /// The Authorization header value for a scope, fetching a token when needed.
-    async fn authorization(&self, scope: &str, refresh: bool) -> Result<Option<String>, UpstreamError> {
-        let challenge = self.challenge.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    async fn authorization(
+        &self,
+        scope: &str,
+        refresh: bool,
+    ) -> Result<Option<String>, UpstreamError> {
+        let challenge = self
+            .challenge
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         match challenge {
             None => Ok(None),
             Some(Challenge::Basic) => Ok(self.credentials.as_ref().map(basic)),
@@ -234,7 +261,10 @@ impl Upstream {
         if !status.is_success() {
             return Err(unreachable(format!("token endpoint answered {status}")));
         }
-        let body = resp.bytes().await.map_err(|e| unreachable(error_chain(&e)))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| unreachable(error_chain(&e)))?;
         serde_json::from_slice::<TokenResponse>(&body)
             .ok()
             .and_then(|t| t.into_cached(Instant::now()))
@@ -262,7 +292,10 @@ impl Upstream {
 fn basic(c: &Credentials) -> String {
     use base64::Engine as _;
     let raw = format!("{}:{}", c.username, c.password);
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
 }
 
 /// An error with its causes, without the URL's query (where a token could sit).
@@ -276,7 +309,9 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     match out.find('?') {
         Some(i) => {
-            let end = out[i..].find(|c: char| c == ')' || c.is_whitespace()).map_or(out.len(), |j| i + j);
+            let end = out[i..]
+                .find(|c: char| c == ')' || c.is_whitespace())
+                .map_or(out.len(), |j| i + j);
             out.replace_range(i..end, "");
             out
         }
