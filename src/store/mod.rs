@@ -93,6 +93,8 @@ struct Index {
     blobs: HashMap<Digest, u64>,
     blob_bytes: u64,
     tags: BTreeMap<RepoPath, BTreeMap<String, TagEntry>>,
+    /// Config digest -> manifests cached before their config blob (blobs are pulled lazily).
+    awaiting_config: HashMap<Digest, Vec<Digest>>,
 }
 
 #[derive(Default)]
@@ -248,20 +250,12 @@ impl Store {
         }
     }
 
-    /// When a config blob arrives, the manifests that use it learn their platform and labels.
+    /// When a config blob arrives, the manifests that were waiting for it learn their platform
+    /// and labels.
     fn fill_config_info(&self, digest: &Digest) {
-        let waiting: Vec<Digest> = self
-            .read()
-            .manifests
-            .values()
-            .filter(|m| {
-                m.config.as_ref().is_some_and(|c| &c.digest == digest) && m.platform.is_none()
-            })
-            .map(|m| m.digest.clone())
-            .collect();
-        if waiting.is_empty() {
+        let Some(waiting) = self.write().awaiting_config.remove(digest) else {
             return;
-        }
+        };
         let Ok(bytes) = fs::read(self.blob_path(digest)) else {
             return;
         };
@@ -330,7 +324,25 @@ impl Store {
                     apply_config(&mut r, &parse_config(&b));
                 }
                 self.write_record(&r)?;
-                self.write().manifests.insert(digest.clone(), r.clone());
+                // Registered under the lock so a config blob committed concurrently is seen
+                // either here or by its own commit.
+                let config_present = {
+                    let mut ix = self.write();
+                    ix.manifests.insert(digest.clone(), r.clone());
+                    match &r.config {
+                        Some(c) if r.platform.is_none() => {
+                            ix.awaiting_config
+                                .entry(c.digest.clone())
+                                .or_default()
+                                .push(digest.clone());
+                            ix.blobs.contains_key(&c.digest).then(|| c.digest.clone())
+                        }
+                        _ => None,
+                    }
+                };
+                if let Some(c) = config_present {
+                    self.fill_config_info(&c);
+                }
                 r
             }
         };
@@ -559,8 +571,17 @@ impl Store {
     /// references. Returns false when it was not cached. Open readers keep reading unlinked
     /// files, so a pull in flight is not broken.
     pub fn delete_manifest(&self, digest: &Digest) -> Result<bool, StoreError> {
-        let Some(record) = self.write().manifests.remove(digest) else {
-            return Ok(false);
+        let record = {
+            let mut ix = self.write();
+            let Some(record) = ix.manifests.remove(digest) else {
+                return Ok(false);
+            };
+            if let Some(c) = &record.config
+                && let Some(waiting) = ix.awaiting_config.get_mut(&c.digest)
+            {
+                waiting.retain(|m| m != digest);
+            }
+            record
         };
         self.memory
             .lock()
