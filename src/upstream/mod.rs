@@ -318,3 +318,6 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         None => out,
     }
 }
+
+#[cfg(test)]
+mod tests;
