@@ -1,0 +1,239 @@
+//! CNCF Distribution (`docker-registry serve`) as a test upstream or as a
+//! reference pull-through proxy.
+//!
+//! Distribution 2.8 with `log.accesslog.disabled: false` writes one Apache
+//! combined-log line per finished request to stdout, e.g.
+//! `127.0.0.1 - - [22/Nov/2026:21:30:38 +0000] "GET /v2/foo/blobs/sha256:00.. HTTP/1.1" 404 157 "" "curl/7.88.1"`
+//! next to its logrus lines (`time="..." level=info msg="response completed" ...`).
+//! Request counts are parsed from the access-log lines only.
+
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::{free_port, http::probe, skopeo, tail, wait_for};
+
+/// One access-log entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    pub method: String,
+    /// Request target as sent (path plus query).
+    pub path: String,
+    pub status: u16,
+}
+
+pub struct Distribution {
+    dir: TempDir,
+    port: u16,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Distribution {
+    /// A plain registry with filesystem storage, deletes enabled, no auth.
+    pub fn start() -> Self {
+        Self::launch(None)
+    }
+
+    /// A Distribution pull-through cache of `remote_url` (e.g. `http://127.0.0.1:5000`).
+    pub fn start_proxy(remote_url: &str) -> Self {
+        Self::launch(Some(remote_url))
+    }
+
+    fn launch(remote: Option<&str>) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("distribution-")
+            .tempdir()
+            .unwrap();
+        let port = free_port();
+        let storage = dir.path().join("storage");
+        fs::create_dir_all(&storage).unwrap();
+        let proxy = remote
+            .map(|r| format!("proxy:\n  remoteurl: {r}\n"))
+            .unwrap_or_default();
+        // A fixed http.secret silences the "generated random secret" warning.
+        let config = format!(
+            "version: 0.1\n\
+             log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
+             storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n  \
+             cache:\n    blobdescriptor: inmemory\n\
+             http:\n  addr: 127.0.0.1:{port}\n  secret: imagecache-tests\n\
+             {proxy}",
+            storage = storage.display(),
+        );
+        let config_path = dir.path().join("config.yml");
+        fs::write(&config_path, config).unwrap();
+        let log = dir.path().join("registry.log");
+        let mut d = Distribution {
+            port,
+            config: config_path,
+            log,
+            child: None,
+            dir,
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        // Append so counts survive restarts.
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let err = out.try_clone().unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn docker-registry (apt-get install docker-registry)");
+        self.child = Some(child);
+        let addr = self.addr();
+        let up = wait_for(Duration::from_secs(15), || {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("docker-registry exited ({st}):\n{}", tail(&self.log, 4000));
+            }
+            (probe(&addr, "/v2/") == Some(200)).then_some(())
+        });
+        if up.is_none() {
+            panic!(
+                "docker-registry on {addr} not ready:\n{}",
+                tail(&self.log, 4000)
+            );
+        }
+    }
+
+    /// Stops the registry (SIGKILL); storage and port are kept for `restart`.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
+    pub fn storage_dir(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Parsed access log, oldest first.
+    pub fn access_log(&self) -> Vec<Access> {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines().filter_map(parse_access_line).collect()
+    }
+
+    /// `(method, path)` of every request served so far.
+    pub fn requests(&self) -> Vec<(String, String)> {
+        self.access_log()
+            .into_iter()
+            .map(|a| (a.method, a.path))
+            .collect()
+    }
+
+    /// Number of `GET .../blobs/sha256:...` requests.
+    pub fn count_blob_gets(&self) -> usize {
+        self.blob_gets_by_digest().values().sum()
+    }
+
+    /// `GET .../blobs/<digest>` counts keyed by digest.
+    pub fn blob_gets_by_digest(&self) -> BTreeMap<String, usize> {
+        self.count_by_digest("GET", "/blobs/")
+    }
+
+    /// `GET .../manifests/<ref>` counts keyed by reference (tag or digest).
+    pub fn manifest_gets(&self) -> BTreeMap<String, usize> {
+        self.count_by_digest("GET", "/manifests/")
+    }
+
+    fn count_by_digest(&self, method: &str, marker: &str) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for a in self.access_log() {
+            if a.method != method {
+                continue;
+            }
+            let path = a.path.split('?').next().unwrap();
+            if let Some(i) = path.rfind(marker) {
+                *m.entry(path[i + marker.len()..].to_string()).or_insert(0) += 1;
+            }
+        }
+        m
+    }
+
+    /// Pushes a skopeo source (e.g. `Image::source_ref()`) as `repo:tag`, keeping digests.
+    pub fn push(&self, src: &str, repo_tag: &str) {
+        skopeo::skopeo_copy_ok(
+            src,
+            &format!("docker://{}/{repo_tag}", self.addr()),
+            &["--all", "--preserve-digests"],
+        );
+    }
+
+    /// `docker://127.0.0.1:PORT/<repo_tag>`
+    pub fn docker_ref(&self, repo_tag: &str) -> String {
+        format!("docker://{}/{repo_tag}", self.addr())
+    }
+}
+
+impl Drop for Distribution {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- docker-registry {} log tail ---\n{}",
+                self.addr(),
+                tail(&self.log, 3000)
+            );
+        }
+    }
+}
+
+/// Parses `IP - - [date] "METHOD TARGET PROTO" STATUS SIZE "referer" "ua"`.
+fn parse_access_line(line: &str) -> Option<Access> {
+    if line.starts_with("time=") {
+        return None;
+    }
+    let (_, rest) = line.split_once("] \"")?;
+    let (request, rest) = rest.split_once('"')?;
+    let mut parts = request.split(' ');
+    let method = parts.next()?.to_string();
+    let path = parts.next()?.to_string();
+    let status = rest.trim_start().split(' ').next()?.parse().ok()?;
+    Some(Access {
+        method,
+        path,
+        status,
+    })
+}
