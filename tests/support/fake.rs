@@ -13,6 +13,8 @@ pub struct Route {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// A Content-Length larger than the body: the connection closes early, as a cut transfer.
+    pub declared_len: Option<usize>,
 }
 
 pub struct FakeUpstream {
@@ -72,6 +74,20 @@ impl FakeUpstream {
                 status,
                 headers,
                 body,
+                declared_len: None,
+            },
+        );
+    }
+
+    /// Answers `path` with a 200 that announces `declared_len` bytes but sends only `body`.
+    pub fn route_truncated(&self, path: &str, body: Vec<u8>, declared_len: usize) {
+        self.routes.lock().unwrap().insert(
+            path.to_string(),
+            Route {
+                status: 200,
+                headers: vec![],
+                body,
+                declared_len: Some(declared_len),
             },
         );
     }
@@ -134,11 +150,12 @@ fn serve(
         status: 404,
         headers: vec![("Content-Type".into(), "application/json".into())],
         body: br#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry"}]}"#.to_vec(),
+        declared_len: None,
     });
     let mut head = format!(
         "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n",
         route.status,
-        route.body.len()
+        route.declared_len.unwrap_or(route.body.len())
     );
     for (k, v) in &route.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
