@@ -84,11 +84,7 @@ async fn by_digest(
 ) -> Result<ManifestContent, RegistryError> {
     if let Some(c) = cached(state, digest).await? {
         state.metrics.lookup(Kind::manifest, Lookup::hit);
-        if state
-            .store
-            .manifest_record(digest)
-            .is_some_and(|r| !r.references.contains(repo))
-        {
+        if !state.store.has_reference(digest, repo) {
             let (store, d, r) = (state.store.clone(), digest.clone(), repo.clone());
             tokio::task::spawn_blocking(move || store.add_reference(&d, &r)).await??;
         }

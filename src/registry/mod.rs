@@ -139,7 +139,7 @@ async fn handle(
     let repo = |name: &str| -> Result<RepoPath, RegistryError> {
         let repo = select_upstream(name, query.ns.as_deref(), &state.config.default_registry)?;
         // The allowlist applies in every mode, so a cache cannot be used to probe other hosts.
-        if !state.config.allow_any_upstream && state.config.registry(&repo.registry).is_none() {
+        if !state.upstreams.is_allowed(&repo.registry) {
             return Err(RegistryError::Denied(format!(
                 "upstream {} is not in the allowlist",
                 repo.registry

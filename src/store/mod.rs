@@ -401,6 +401,15 @@ impl Store {
         }))
     }
 
+    /// Whether a cached manifest is known to have been pulled through `repo` (true when it is
+    /// not cached: there is nothing to record).
+    pub fn has_reference(&self, digest: &Digest, repo: &RepoPath) -> bool {
+        self.read()
+            .manifests
+            .get(digest)
+            .is_none_or(|r| r.references.contains(repo))
+    }
+
     /// The record of a cached manifest.
     pub fn manifest_record(&self, digest: &Digest) -> Option<ManifestRecord> {
         self.read().manifests.get(digest).cloned()

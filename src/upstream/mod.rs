@@ -59,6 +59,16 @@ impl Upstreams {
         })
     }
 
+    /// Whether requests for this (normalised) registry may be served.
+    pub fn is_allowed(&self, registry: &str) -> bool {
+        self.allow_any
+            || self
+                .clients
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(registry)
+    }
+
     /// The client for a normalised registry name, if the allowlist permits it.
     pub fn get(&self, registry: &str) -> Result<Arc<Upstream>, UpstreamError> {
         if let Some(u) = self
