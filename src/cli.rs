@@ -25,12 +25,12 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the registry.
-    Serve(ServeArgs),
+    Serve(ConfigArgs),
 }
 
-/// Every config key has a flag; flags win over the file.
+/// The registry configuration: a file and a flag for every key; flags win over the file.
 #[derive(Args, Debug, Default)]
-pub struct ServeArgs {
+pub struct ConfigArgs {
     /// YAML config file (see the README for every key).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -74,7 +74,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::duration::parse(s).map_err(|e| e.to_string())
 }
 
-impl ServeArgs {
+impl ConfigArgs {
     /// The effective configuration: defaults, then the file, then flags.
     pub fn resolve(
         &self,
