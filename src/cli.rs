@@ -26,6 +26,134 @@ pub struct Cli {
 pub enum Command {
     /// Run the registry.
     Serve(ConfigArgs),
+    /// List cached manifests (works on the cache files; the server must be stopped).
+    List(ListArgs),
+    /// Prune the cache files (the server must be stopped; use /cmd/prune on a live server).
+    Prune(PruneArgs),
+    /// Preload the cache from image references, list files or image tarballs.
+    Load(crate::load::LoadArgs),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Comma-separated regexes matched against manifest URLs (`registry/repo:tag`, `registry/repo@digest`).
+    #[arg(long)]
+    pub pattern: Option<String>,
+    /// Print a header row.
+    #[arg(long)]
+    pub header: bool,
+    /// Shorten digests to 12 hex digits.
+    #[arg(long)]
+    pub short_digest: bool,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: OutputFormat,
+    /// Most manifests to list (-1: all).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub count: i64,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("selector").required(true).multiple(true)
+    .args(["pattern", "date", "unused_for", "older_than", "label", "untagged"])))]
+pub struct PruneArgs {
+    /// Comma-separated regexes matched against manifest URLs.
+    #[arg(long)]
+    pub pattern: Option<String>,
+    /// Manifests first cached before this local time, `YYYY-MM-DDTHH:MM:SS` (or RFC 3339).
+    #[arg(long, value_parser = parse_local_time)]
+    pub date: Option<jiff::Timestamp>,
+    /// Manifests not pulled within this duration (e.g. 30d).
+    #[arg(long, value_parser = parse_duration)]
+    pub unused_for: Option<Duration>,
+    /// Manifests first cached more than this long ago (e.g. 90d).
+    #[arg(long, value_parser = parse_duration)]
+    pub older_than: Option<Duration>,
+    /// Config label selector `key`, `key=value` or `key!=value`; repeatable (all must match).
+    #[arg(long)]
+    pub label: Vec<String>,
+    /// Manifests no tag points to.
+    #[arg(long)]
+    pub untagged: bool,
+    /// Regexes of manifest URLs to keep whatever else matches.
+    #[arg(long)]
+    pub keep_pattern: Vec<String>,
+    /// Most manifests to prune (-1: no limit).
+    #[arg(long, default_value_t = crate::prune::request::DEFAULT_COUNT, allow_negative_numbers = true)]
+    pub count: i64,
+    /// Never prune manifests first cached less than this long ago.
+    #[arg(long, value_parser = parse_duration, default_value = "1h")]
+    pub min_age: Duration,
+    /// Refuse a run that would delete more than this share of the cache (0 to 1).
+    #[arg(long, default_value_t = crate::prune::request::DEFAULT_MAX_DELETION_RATIO)]
+    pub max_deletion_ratio: f64,
+    /// Show what would be pruned; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Shorten digests to 12 hex digits.
+    #[arg(long)]
+    pub short_digest: bool,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: OutputFormat,
+}
+
+impl PruneArgs {
+    pub fn request(&self) -> crate::prune::PruneRequest {
+        crate::prune::PruneRequest {
+            unused_for: self.unused_for,
+            older_than: self.older_than,
+            created_before: self.date,
+            patterns: self.pattern.iter().cloned().collect(),
+            labels: self.label.clone(),
+            untagged: self.untagged,
+            keep_patterns: self.keep_pattern.clone(),
+            min_age: Some(self.min_age),
+            count: Some(self.count),
+            max_deletion_ratio: Some(self.max_deletion_ratio),
+            dry_run: self.dry_run,
+            ..Default::default()
+        }
+    }
+}
+
+/// The seed's local `YYYY-MM-DDTHH:MM:SS`, or an RFC 3339 instant.
+fn parse_local_time(s: &str) -> Result<jiff::Timestamp, String> {
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(t);
+    }
+    let civil: jiff::civil::DateTime = s
+        .parse()
+        .map_err(|_| format!("expected YYYY-MM-DDTHH:MM:SS (local time), got {s:?}"))?;
+    civil
+        .to_zoned(jiff::tz::TimeZone::system())
+        .map(|z| z.timestamp())
+        .map_err(|e| e.to_string())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Serve(#[from] crate::server::ServeError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Prune(#[from] crate::prune::PruneError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot write output: {0}")]
+    Output(std::io::Error),
+    #[error(transparent)]
+    Load(#[from] crate::load::LoadError),
 }
 
 /// The registry configuration: a file and a flag for every key; flags win over the file.
@@ -149,8 +277,95 @@ fn init_logging(config: &crate::config::LogConfig) {
     };
 }
 
+fn default_image_path(p: Option<PathBuf>) -> PathBuf {
+    p.unwrap_or_else(|| crate::config::Config::default().image_path)
+}
+
+/// Opens the cache files for a command that works without a server.
+fn open_store(image_path: Option<PathBuf>) -> Result<crate::store::Store, CliError> {
+    let path = default_image_path(image_path);
+    if !path.join("blobs").is_dir() {
+        return Err(CliError::Store(crate::store::StoreError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no imagecache cache here (set --image-path)",
+            ),
+        }));
+    }
+    let (store, report) = crate::store::Store::open(&path)?;
+    if report.damaged > 0 {
+        eprintln!(
+            "imagecache: skipped {} damaged entries (see the log of `serve`)",
+            report.damaged
+        );
+    }
+    Ok(store)
+}
+
+fn print(out: String) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(out.as_bytes())
+        .and_then(|_| stdout.flush())
+    {
+        // `imagecache list | head` closes the pipe early: that is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map_err(CliError::Output),
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
+}
+
+fn list(args: ListArgs, image_path: Option<PathBuf>) -> Result<(), CliError> {
+    let request = crate::prune::PruneRequest {
+        patterns: args.pattern.iter().cloned().collect(),
+        ..Default::default()
+    };
+    let patterns = request
+        .compile()
+        .map_err(crate::prune::PruneError::from)?
+        .patterns;
+    let store = open_store(image_path)?;
+    let inventory = crate::prune::inventory(&store);
+    let rows = crate::listing::manifests(
+        &inventory,
+        &patterns,
+        crate::listing::limit(Some(args.count)),
+    );
+    match args.format {
+        OutputFormat::Json => print(json(&rows)),
+        OutputFormat::Text => {
+            let cells: Vec<_> = rows.iter().map(crate::listing::manifest_cells).collect();
+            let header = args.header.then_some(crate::listing::MANIFEST_HEADER);
+            print(crate::listing::columns(header, &cells, args.short_digest))
+        }
+    }
+}
+
+fn prune(args: PruneArgs, image_path: Option<PathBuf>) -> Result<(), CliError> {
+    let request = args.request();
+    request.compile().map_err(crate::prune::PruneError::from)?;
+    let store = open_store(image_path)?;
+    let metrics = crate::metrics::Metrics::new();
+    let result = crate::prune::run(&store, &request);
+    crate::prune::service::record(&metrics, crate::metrics::Trigger::cli, &result);
+    let report = result?;
+    match args.format {
+        OutputFormat::Json => print(json(&report))?,
+        OutputFormat::Text => print(crate::listing::report_text(&report, args.short_digest))?,
+    }
+    match report.refused {
+        Some(why) => Err(CliError::Refused(why)),
+        None => Ok(()),
+    }
+}
+
 /// Parses the command line and runs the subcommand.
-pub fn run() -> anyhow::Result<()> {
+pub fn run() -> Result<(), CliError> {
     let cli = Cli::parse();
     // One crypto provider for every TLS client in the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -160,11 +375,28 @@ pub fn run() -> anyhow::Result<()> {
             init_logging(&config.log);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
-                .build()?;
+                .build()
+                .map_err(CliError::Runtime)?;
             runtime.block_on(crate::server::serve(
                 config,
                 tokio_util::sync::CancellationToken::new(),
             ))?;
+            Ok(())
+        }
+        Command::List(args) => list(args, cli.image_path),
+        Command::Prune(args) => {
+            init_logging(&crate::config::LogConfig {
+                level: "warn".into(),
+                ..Default::default()
+            });
+            prune(args, cli.image_path)
+        }
+        Command::Load(args) => {
+            init_logging(&crate::config::LogConfig {
+                level: "warn".into(),
+                ..Default::default()
+            });
+            crate::load::run(args, cli.image_path)?;
             Ok(())
         }
     }
@@ -196,12 +428,39 @@ mod tests {
             "upstream.test=http://127.0.0.1:5000",
         ])
         .unwrap();
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
         let c = args.resolve(cli.image_path).unwrap();
         assert_eq!(c.tag_ttl, Duration::from_secs(300));
         assert_eq!(c.default_registry, "quay.io");
         assert_eq!(c.image_path, PathBuf::from("/x"));
         assert_eq!(c.registries[0].endpoint_url(), "http://127.0.0.1:5000");
+    }
+
+    #[test]
+    fn prune_needs_a_selector_and_reads_the_seed_flags() {
+        assert!(Cli::try_parse_from(["imagecache", "prune", "--dry-run"]).is_err());
+        let cli = Cli::try_parse_from([
+            "imagecache",
+            "prune",
+            "--pattern",
+            "curl,cilium",
+            "--date",
+            "2024-03-01T22:17:31",
+            "--count",
+            "-1",
+            "--dry-run",
+        ])
+        .unwrap();
+        let Command::Prune(args) = cli.command else {
+            panic!("not prune")
+        };
+        let r = args.request();
+        assert_eq!(r.patterns, vec!["curl,cilium".to_owned()]);
+        assert_eq!(r.count, Some(-1));
+        assert!(r.dry_run && r.created_before.is_some());
+        assert!(Cli::try_parse_from(["imagecache", "prune", "--date", "yesterday"]).is_err());
     }
 
     #[test]

@@ -38,7 +38,52 @@ pub struct Config {
     /// How often in-memory pull statistics are written to disk.
     #[serde(with = "serde_human")]
     pub access_flush_interval: Duration,
+    pub prune_config: PruneConfig,
     pub log: LogConfig,
+}
+
+/// Background pruning (design section 4).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PruneConfig {
+    pub enabled: bool,
+    /// 5-field cron expression, e.g. `0 3 * * *`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// IANA time zone for `schedule` (default UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// Run every this long instead of on a schedule.
+    #[serde(
+        with = "crate::duration::serde_human_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub frequency: Option<Duration>,
+    pub request: crate::prune::PruneRequest,
+}
+
+impl PruneConfig {
+    /// The schedule when enabled; errors name the key at fault.
+    pub fn schedule(&self) -> Result<Option<crate::schedule::Schedule>, ConfigError> {
+        use crate::schedule::Schedule;
+        if !self.enabled {
+            return Ok(None);
+        }
+        let invalid =
+            |e: crate::schedule::ScheduleError| ConfigError::Invalid(format!("pruneConfig: {e}"));
+        match (&self.schedule, self.frequency) {
+            (Some(_), Some(_)) => Err(ConfigError::Invalid(
+                "pruneConfig: set schedule or frequency, not both".into(),
+            )),
+            (Some(expr), None) => Schedule::cron(expr, self.time_zone.as_deref())
+                .map(Some)
+                .map_err(invalid),
+            (None, Some(f)) => Schedule::every(f).map(Some).map_err(invalid),
+            (None, None) => Err(ConfigError::Invalid(
+                "pruneConfig: enabled needs a schedule (cron) or a frequency".into(),
+            )),
+        }
+    }
 }
 
 impl Default for Config {
@@ -57,6 +102,7 @@ impl Default for Config {
                 .map(|n| RegistryConfig::named(n))
                 .collect(),
             access_flush_interval: Duration::from_secs(10),
+            prune_config: PruneConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -251,6 +297,11 @@ impl Config {
                 ));
             }
         }
+        self.prune_config.schedule()?;
+        self.prune_config
+            .request
+            .compile()
+            .map_err(|e| ConfigError::Invalid(format!("pruneConfig.request: {e}")))?;
         if !self.admin_addr.ip().is_loopback() && self.admin_token_file.is_none() {
             return invalid(format!(
                 "adminAddr {} is not a loopback address: set adminTokenFile (--admin-token-file) so the admin API is not open to the network",
@@ -291,6 +342,7 @@ registries:
     timeouts: {connect: 10s, firstByte: 60s, idle: 60s}
   - name: 127.0.0.1:5000
     endpoint: http://127.0.0.1:5000
+pruneConfig: {enabled: true, schedule: "0 3 * * *", request: {unusedFor: 30d, count: -1}}
 log: {level: info, format: json}
 "#;
         let c = Config::from_yaml(yaml).unwrap();
@@ -327,5 +379,19 @@ log: {level: info, format: json}
         assert!(c.validate().is_err());
         let c = Config::from_yaml("registries: [{name: a.io, endpoint: 'ftp://x'}]").unwrap();
         assert!(c.validate().is_err());
+        let c = Config::from_yaml("pruneConfig: {enabled: true, schedule: '0 3 * *'}").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("5 fields"));
+        let c = Config::from_yaml("pruneConfig: {enabled: true}").unwrap();
+        assert!(c.validate().is_err());
+        let c = Config::from_yaml(
+            "pruneConfig: {enabled: true, frequency: 1h, request: {patterns: ['(']}}",
+        )
+        .unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("pruneConfig.request")
+        );
     }
 }

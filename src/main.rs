@@ -7,7 +7,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One readable line: the error and its causes.
-            eprintln!("imagecache: {e:#}");
+            eprintln!("imagecache: {e}");
             ExitCode::FAILURE
         }
     }

@@ -95,8 +95,36 @@ pub struct KindLabels {
     pub kind: Kind,
 }
 
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Trigger {
+    api,
+    background,
+    cli,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RunOutcome {
+    pruned,
+    dry_run,
+    refused,
+    failed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PruneLabels {
+    pub trigger: Trigger,
+    pub outcome: RunOutcome,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub prune_runs: Family<PruneLabels, Counter>,
+    pub prune_manifests: Counter,
+    pub prune_blobs: Counter,
+    pub prune_bytes: Counter,
+    pub prune_seconds: Histogram,
     pub requests: Family<RequestLabels, Counter>,
     pub request_seconds: Family<KindLabels, Histogram>,
     pub lookups: Family<LookupLabels, Counter>,
@@ -176,8 +204,43 @@ impl Metrics {
             "Bytes of blobs in the cache",
             store_bytes.clone(),
         );
+        let prune_runs = Family::<PruneLabels, Counter>::default();
+        registry.register(
+            "prune_runs",
+            "Prune runs by trigger and outcome",
+            prune_runs.clone(),
+        );
+        let prune_manifests = Counter::default();
+        registry.register(
+            "prune_removed_manifests",
+            "Manifests removed by pruning",
+            prune_manifests.clone(),
+        );
+        let prune_blobs = Counter::default();
+        registry.register(
+            "prune_removed_blobs",
+            "Blobs removed by pruning",
+            prune_blobs.clone(),
+        );
+        let prune_bytes = Counter::default();
+        registry.register(
+            "prune_reclaimed_bytes",
+            "Bytes reclaimed by pruning",
+            prune_bytes.clone(),
+        );
+        let prune_seconds = Histogram::new(exponential_buckets(0.001, 4.0, 10));
+        registry.register(
+            "prune_duration_seconds",
+            "Time to plan and execute a prune",
+            prune_seconds.clone(),
+        );
         Metrics {
             registry,
+            prune_runs,
+            prune_manifests,
+            prune_blobs,
+            prune_bytes,
+            prune_seconds,
             requests,
             request_seconds,
             lookups,

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
+use crate::prune::PruneService;
 use crate::registry::{self, AppState};
 use crate::store::{Store, StoreError};
 use crate::upstream::{UpstreamError, Upstreams};
@@ -64,7 +65,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     let metrics = Arc::new(Metrics::new());
 
     // Admin first, so probes answer (not ready) while the index loads.
-    let admin_state = AdminState::new(metrics.clone(), token);
+    let admin_state = AdminState::new(metrics.clone(), token, shutdown.clone());
     let admin_listener = bind(config.admin_addr).await?;
     let admin_app = admin::router(admin_state.clone());
     let admin_stop = shutdown.clone();
@@ -89,10 +90,12 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         elapsed_ms = started.elapsed().as_millis() as u64,
         "cache index loaded"
     );
+    let prune_schedule = config.prune_config.schedule()?;
     let upstreams = Upstreams::new(&config)?;
-    let state = AppState::new(config.clone(), store.clone(), upstreams, metrics);
+    let state = AppState::new(config.clone(), store.clone(), upstreams, metrics.clone());
     let listener = bind(config.addr).await?;
-    let _ = admin_state.store.set(store.clone());
+    let pruner = Arc::new(PruneService::new(store.clone(), metrics));
+    let _ = admin_state.prune.set(pruner.clone());
     admin_state.ready.store(true, Ordering::Release);
     tracing::info!(
         addr = %config.addr,
@@ -107,6 +110,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         config.access_flush_interval,
         shutdown.clone(),
     ));
+    let background = prune_schedule.map(|schedule| {
+        let request = config.prune_config.request.clone();
+        tokio::spawn(prune_loop(pruner, schedule, request, shutdown.clone()))
+    });
     let signals = tokio::spawn(stop_on_signal(shutdown.clone()));
     let result = axum::serve(listener, registry::router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
@@ -114,6 +121,9 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     shutdown.cancel();
     signals.abort();
     let _ = flusher.await;
+    if let Some(b) = background {
+        let _ = b.await;
+    }
     let _ = admin_task.await;
     // Last word on pull statistics before exit.
     let flushed = tokio::task::spawn_blocking(move || store.flush_access())
@@ -138,6 +148,29 @@ async fn flush_loop(store: Arc<Store>, every: std::time::Duration, stop: Cancell
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot flush pull statistics"),
             Err(e) => tracing::warn!(error = %e, "flush task failed"),
         }
+    }
+}
+
+/// Background pruning: the first run one period after start, then on every tick.
+async fn prune_loop(
+    pruner: Arc<PruneService>,
+    schedule: crate::schedule::Schedule,
+    request: crate::prune::PruneRequest,
+    stop: CancellationToken,
+) {
+    let mut after = jiff::Timestamp::now();
+    while let Some(next) = schedule.next_after(after) {
+        tracing::info!(next = %next, "next background prune");
+        let wait = jiff::Timestamp::now().duration_until(next).unsigned_abs();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return,
+        }
+        // Failures are logged and counted by the service; the schedule goes on.
+        let _ = pruner
+            .run(request.clone(), crate::metrics::Trigger::background)
+            .await;
+        after = next.max(jiff::Timestamp::now());
     }
 }
 

@@ -35,7 +35,7 @@ pub enum Progress {
 #[derive(Clone)]
 pub struct Source {
     file: Arc<File>,
-    progress: watch::Receiver<Progress>,
+    pub(super) progress: watch::Receiver<Progress>,
 }
 
 #[derive(Default)]

@@ -77,7 +77,7 @@ fn manifest_response(content: ManifestContent, head: bool) -> Response {
     resp
 }
 
-async fn by_digest(
+pub(super) async fn by_digest(
     state: &Arc<AppState>,
     repo: &RepoPath,
     digest: &Digest,
@@ -97,7 +97,7 @@ async fn by_digest(
     fetch(state, repo, Reference::Digest(digest.clone())).await
 }
 
-async fn by_tag(
+pub(super) async fn by_tag(
     state: &Arc<AppState>,
     repo: &RepoPath,
     tag: &str,

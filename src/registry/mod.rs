@@ -4,6 +4,7 @@ mod blobs;
 pub mod error;
 mod flight;
 mod manifests;
+pub mod pull;
 
 use std::sync::Arc;
 use std::time::Instant;

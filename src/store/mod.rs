@@ -79,6 +79,24 @@ pub struct Stats {
     pub bytes: u64,
 }
 
+/// What a removal took away.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Removed {
+    pub manifests: Vec<Digest>,
+    pub blobs: Vec<Digest>,
+    pub bytes: u64,
+    pub tags: u64,
+    /// Manifests left in place because they were fetched or pulled during the run.
+    pub skipped: Vec<Digest>,
+}
+
+/// Every manifest with its tags, and the cached blobs with their sizes.
+pub struct Snapshot {
+    pub manifests: Vec<(ManifestRecord, Vec<(RepoPath, String)>)>,
+    pub blobs: HashMap<Digest, u64>,
+    pub bytes: u64,
+}
+
 /// What a manifest GET needs, cheap to clone.
 #[derive(Clone, Debug)]
 pub struct ManifestContent {
@@ -93,6 +111,8 @@ struct Index {
     blobs: HashMap<Digest, u64>,
     blob_bytes: u64,
     tags: BTreeMap<RepoPath, BTreeMap<String, TagEntry>>,
+    /// Blob -> number of cached manifests referencing it (their own bytes included).
+    refs: HashMap<Digest, u32>,
     /// Config digest -> manifests cached before their config blob (blobs are pulled lazily).
     awaiting_config: HashMap<Digest, Vec<Digest>>,
 }
@@ -328,7 +348,11 @@ impl Store {
                 // either here or by its own commit.
                 let config_present = {
                     let mut ix = self.write();
-                    ix.manifests.insert(digest.clone(), r.clone());
+                    if ix.manifests.insert(digest.clone(), r.clone()).is_none() {
+                        for b in r.blob_digests() {
+                            *ix.refs.entry(b.clone()).or_default() += 1;
+                        }
+                    }
                     match &r.config {
                         Some(c) if r.platform.is_none() => {
                             ix.awaiting_config
@@ -577,62 +601,144 @@ impl Store {
     }
 
     /// Removes one manifest, the tags pointing at it, and every blob no remaining manifest
-    /// references. Returns false when it was not cached. Open readers keep reading unlinked
-    /// files, so a pull in flight is not broken.
+    /// references. Returns false when it was not cached.
     pub fn delete_manifest(&self, digest: &Digest) -> Result<bool, StoreError> {
-        let record = {
-            let mut ix = self.write();
-            let Some(record) = ix.manifests.remove(digest) else {
-                return Ok(false);
-            };
-            if let Some(c) = &record.config
-                && let Some(waiting) = ix.awaiting_config.get_mut(&c.digest)
-            {
-                waiting.retain(|m| m != digest);
-            }
-            record
-        };
-        self.memory
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entries
-            .remove(digest);
-        for (repo, tag) in self.tags_of(digest) {
-            self.remove_tag(&repo, &tag)?;
-        }
-        let record_path = record_path(&self.root, digest);
-        match fs::remove_file(&record_path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&record_path)(e)),
-            _ => {}
-        }
-        let still_used: HashSet<Digest> = self
-            .read()
-            .manifests
-            .values()
-            .flat_map(|m| m.blob_digests().cloned().collect::<Vec<_>>())
-            .collect();
-        for blob in record.blob_digests() {
-            if still_used.contains(blob) {
-                continue;
-            }
-            let removed = {
-                let mut ix = self.write();
-                let size = ix.blobs.remove(blob);
-                if let Some(s) = size {
-                    ix.blob_bytes -= s;
+        let removed = self.remove_manifests(std::slice::from_ref(digest), None)?;
+        Ok(!removed.manifests.is_empty())
+    }
+
+    /// Removes manifests, the tags pointing at them and the blobs nothing else references.
+    /// A manifest created or pulled at or after `untouched_since` is skipped: it was fetched
+    /// while a prune was planned, so someone is using it. Open readers keep reading unlinked
+    /// files, so a pull in flight is not broken.
+    pub fn remove_manifests(
+        &self,
+        digests: &[Digest],
+        untouched_since: Option<Timestamp>,
+    ) -> Result<Removed, StoreError> {
+        let mut out = Removed::default();
+        let mut records = Vec::new();
+        let mut blob_files = Vec::new();
+        {
+            let mut guard = self.write();
+            let ix = &mut *guard;
+            for d in digests {
+                let Some(r) = ix.manifests.get(d) else {
+                    continue;
+                };
+                let touched = untouched_since
+                    .is_some_and(|t| r.created >= t || r.last_pulled.is_some_and(|p| p >= t));
+                if touched {
+                    out.skipped.push(d.clone());
+                    continue;
                 }
-                size.is_some()
-            };
-            if removed {
-                let p = self.blob_path(blob);
-                if let Err(e) = fs::remove_file(&p)
-                    && e.kind() != io::ErrorKind::NotFound
+                let Some(r) = ix.manifests.remove(d) else {
+                    continue;
+                };
+                if let Some(c) = &r.config
+                    && let Some(waiting) = ix.awaiting_config.get_mut(&c.digest)
                 {
-                    return Err(io_err(&p)(e));
+                    waiting.retain(|m| m != d);
+                }
+                for b in r.blob_digests() {
+                    let gone = match ix.refs.get_mut(b) {
+                        Some(n) => {
+                            *n = n.saturating_sub(1);
+                            *n == 0
+                        }
+                        None => true,
+                    };
+                    if gone {
+                        ix.refs.remove(b);
+                        if let Some(size) = ix.blobs.remove(b) {
+                            ix.blob_bytes -= size;
+                            out.bytes += size;
+                            out.blobs.push(b.clone());
+                            blob_files.push(self.blob_path(b));
+                        }
+                    }
+                }
+                out.manifests.push(d.clone());
+                records.push(r);
+            }
+        }
+        {
+            let mut mem = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+            for d in &out.manifests {
+                if let Some(b) = mem.entries.remove(d) {
+                    mem.bytes -= b.len();
                 }
             }
         }
-        Ok(true)
+        let gone: HashSet<&Digest> = out.manifests.iter().collect();
+        let stale_tags: Vec<(RepoPath, String)> = {
+            let ix = self.read();
+            ix.tags
+                .iter()
+                .flat_map(|(repo, tags)| {
+                    tags.iter()
+                        .filter(|(_, e)| gone.contains(&e.digest))
+                        .map(move |(t, _)| (repo.clone(), t.clone()))
+                })
+                .collect()
+        };
+        // One rewrite per repository, not one per tag.
+        let mut by_repo: BTreeMap<&RepoPath, Vec<&str>> = BTreeMap::new();
+        for (repo, tag) in &stale_tags {
+            by_repo.entry(repo).or_default().push(tag);
+        }
+        for (repo, tags) in by_repo {
+            self.update_tags(repo, |t| {
+                for tag in tags {
+                    t.remove(tag);
+                }
+            })?;
+        }
+        out.tags = stale_tags.len() as u64;
+        for r in &records {
+            remove_file_if_exists(&record_path(&self.root, &r.digest))?;
+        }
+        for p in &blob_files {
+            remove_file_if_exists(p)?;
+        }
+        Ok(out)
+    }
+
+    /// Reference counts of cached blobs (manifests referencing each), for listing.
+    pub fn blob_refs(&self) -> Vec<(Digest, u64, u32)> {
+        let ix = self.read();
+        let mut out: Vec<_> = ix
+            .blobs
+            .iter()
+            .map(|(d, size)| (d.clone(), *size, ix.refs.get(d).copied().unwrap_or(0)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// A consistent view of every manifest, its tags, and the cached blobs.
+    pub fn snapshot(&self) -> Snapshot {
+        let ix = self.read();
+        let mut tags: HashMap<Digest, Vec<(RepoPath, String)>> = HashMap::new();
+        for (repo, ts) in &ix.tags {
+            for (t, e) in ts {
+                tags.entry(e.digest.clone())
+                    .or_default()
+                    .push((repo.clone(), t.clone()));
+            }
+        }
+        Snapshot {
+            manifests: ix
+                .manifests
+                .values()
+                .map(|r| {
+                    let t = tags.remove(&r.digest).unwrap_or_default();
+                    (r.clone(), t)
+                })
+                .collect(),
+            blobs: ix.blobs.clone(),
+            bytes: ix.blob_bytes,
+        }
     }
 
     fn write_record(&self, r: &ManifestRecord) -> Result<(), StoreError> {
@@ -648,6 +754,13 @@ fn apply_config(r: &mut ManifestRecord, info: &ConfigInfo) {
     r.platform = info.platform.clone();
     r.labels = info.labels.clone();
     r.image_created = info.created.clone();
+}
+
+fn remove_file_if_exists(p: &Path) -> Result<(), StoreError> {
+    match fs::remove_file(p) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(p)(e)),
+        _ => Ok(()),
+    }
 }
 
 fn json_bytes<T: Serialize>(v: &T) -> Vec<u8> {
@@ -734,6 +847,9 @@ fn load_index(root: &Path, report: &mut OpenReport) -> Index {
                 Ok(r)
                     if record_path(root, &r.digest) == path && ix.blobs.contains_key(&r.digest) =>
                 {
+                    for b in r.blob_digests() {
+                        *ix.refs.entry(b.clone()).or_default() += 1;
+                    }
                     ix.manifests.insert(r.digest.clone(), r);
                 }
                 Ok(r) => {

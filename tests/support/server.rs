@@ -20,6 +20,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct ImageCacheBuilder {
     config: Map<String, Value>,
     data_dir: Option<PathBuf>,
+    /// Interface the admin listener binds (clients still use 127.0.0.1).
+    admin_host: Option<String>,
 }
 
 impl ImageCacheBuilder {
@@ -51,6 +53,12 @@ impl ImageCacheBuilder {
 
     pub fn allow_any_upstream(self, on: bool) -> Self {
         self.set("allowAnyUpstream", json!(on))
+    }
+
+    /// Binds the admin listener on another interface, e.g. `0.0.0.0` (needs `adminTokenFile`).
+    pub fn admin_host(mut self, host: &str) -> Self {
+        self.admin_host = Some(host.to_string());
+        self
     }
 
     /// Uses an existing cache directory instead of a fresh one.
@@ -86,7 +94,11 @@ impl ImageCacheBuilder {
         let (port, admin_port) = (free_port(), free_port());
         let mut config = self.config;
         config.insert("addr".into(), json!(format!("127.0.0.1:{port}")));
-        config.insert("adminAddr".into(), json!(format!("127.0.0.1:{admin_port}")));
+        let admin_host = self.admin_host.as_deref().unwrap_or("127.0.0.1");
+        config.insert(
+            "adminAddr".into(),
+            json!(format!("{admin_host}:{admin_port}")),
+        );
         config.insert("imagePath".into(), json!(data.display().to_string()));
         let config_path = dir.path().join("config.yaml");
         fs::write(&config_path, to_yaml(&Value::Object(config))).unwrap();
@@ -131,6 +143,7 @@ impl ImageCache {
         ImageCacheBuilder {
             config: config.as_object().unwrap().clone(),
             data_dir: None,
+            admin_host: None,
         }
     }
 

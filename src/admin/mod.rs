@@ -1,5 +1,7 @@
-//! The admin listener: health, readiness, metrics, and the bearer-token gate in front of the
-//! administrative endpoints.
+//! The admin listener: health, readiness, metrics, the cache administration API (`/cmd/*`,
+//! `/admin/v1/prune`) and the bearer-token gate in front of everything but the probes.
+
+mod cmd;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -11,23 +13,32 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::prune::PruneService;
 
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Set once the index is loaded; `/readyz` answers 503 until then.
-    pub store: OnceLock<Arc<Store>>,
+    pub prune: OnceLock<Arc<PruneService>>,
     pub ready: AtomicBool,
+    /// Cancelled by `/cmd/stop`.
+    pub shutdown: CancellationToken,
     token: Option<String>,
 }
 
 impl AdminState {
-    pub fn new(metrics: Arc<Metrics>, token: Option<String>) -> Arc<AdminState> {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        token: Option<String>,
+        shutdown: CancellationToken,
+    ) -> Arc<AdminState> {
         Arc::new(AdminState {
             metrics,
-            store: OnceLock::new(),
+            prune: OnceLock::new(),
             ready: AtomicBool::new(false),
+            shutdown,
             token,
         })
     }
@@ -38,6 +49,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(cmd::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
@@ -54,7 +66,7 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
-    let stats = state.store.get().map(|s| s.stats());
+    let stats = state.prune.get().map(|p| p.store().stats());
     (
         [(
             header::CONTENT_TYPE,
@@ -120,7 +132,11 @@ mod tests {
 
     #[tokio::test]
     async fn token_gates_everything_but_probes_and_metrics() {
-        let state = AdminState::new(Arc::new(Metrics::new()), Some("s3cret".into()));
+        let state = AdminState::new(
+            Arc::new(Metrics::new()),
+            Some("s3cret".into()),
+            CancellationToken::new(),
+        );
         let app = router(state.clone());
         assert_eq!(status(&app, "/healthz", None).await, StatusCode::OK);
         assert_eq!(
@@ -138,9 +154,10 @@ mod tests {
             status(&app, "/cmd/image/list", Some("Bearer nope")).await,
             StatusCode::UNAUTHORIZED
         );
+        // Past the gate; the cache is not loaded in this test.
         assert_eq!(
             status(&app, "/cmd/image/list", Some("Bearer s3cret")).await,
-            StatusCode::NOT_FOUND
+            StatusCode::SERVICE_UNAVAILABLE
         );
     }
 }
