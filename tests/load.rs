@@ -458,6 +458,27 @@ fn tarballs_load_and_serve_air_gapped() {
         assert_eq!(r.status, 200, "{}", r.text());
         assert!(r.body == m.body);
     });
+    drop(cache);
+
+    // Online, past the tag TTL, with an upstream that has never heard of these images: loaded
+    // tags are not re-checked, so the upstream's 404 cannot take them away.
+    let dist = Distribution::start();
+    let cache = ImageCache::builder()
+        .registry(UPSTREAM, &dist.url())
+        .tag_ttl("1ms")
+        .data_dir(&data)
+        .start();
+    runtime().block_on(async {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let gz = Repo::new(&cache.url(), &format!("{UPSTREAM}/team/gz"));
+        pull_verify(&c, &gz, "v2", &single).await;
+    });
+    assert!(
+        dist.manifest_gets().is_empty()
+            && !dist.requests().iter().any(|(_, p)| p.contains("team/gz")),
+        "loaded tags went upstream: {:?}",
+        dist.requests()
+    );
 }
 
 #[test]

@@ -727,6 +727,10 @@ impl Plan {
                         &m.bytes,
                         now,
                     )?;
+                    // The upstream may not know this image: keep the tag as loaded.
+                    if let Some(t) = tag {
+                        store.pin_tag(&name.repo, t)?;
+                    }
                 }
             }
             out.images.push((

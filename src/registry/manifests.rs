@@ -112,7 +112,7 @@ pub(super) async fn by_tag(
     let age = Timestamp::now()
         .duration_since(entry.checked)
         .unsigned_abs();
-    if (age < state.config.tag_ttl || state.config.air_gapped)
+    if (age < state.config.tag_ttl || state.config.air_gapped || entry.pinned)
         && let Some(c) = cached(state, &entry.digest).await?
     {
         state.metrics.lookup(Kind::tag, Lookup::hit);

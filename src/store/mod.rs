@@ -62,6 +62,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
 pub struct TagEntry {
     pub digest: Digest,
     pub checked: Timestamp,
+    /// Loaded from a tarball: the upstream may not have it, so it is never re-checked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pinned: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -550,8 +553,18 @@ impl Store {
                 TagEntry {
                     digest: digest.clone(),
                     checked: now,
+                    pinned: false,
                 },
             );
+        })
+    }
+
+    /// Marks a tag as loaded locally: served as is, never re-checked with the upstream.
+    pub fn pin_tag(&self, repo: &RepoPath, tag: &str) -> Result<(), StoreError> {
+        self.update_tags(repo, |tags| {
+            if let Some(e) = tags.get_mut(tag) {
+                e.pinned = true;
+            }
         })
     }
 
