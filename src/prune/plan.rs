@@ -172,7 +172,9 @@ pub fn plan(inv: &Inventory, c: &Compiled, now: Timestamp) -> Plan {
             }
         }
     }
-    let mut refs: HashMap<&Digest, u32> = HashMap::new();
+    // Sized up front: growing these maps (rehashing every digest) dominated planning time.
+    let mut refs: HashMap<&Digest, u32> =
+        HashMap::with_capacity(inv.blob_sizes.len() + order.len());
     for e in &order {
         for d in e.record.blob_digests() {
             *refs.entry(d).or_default() += 1;
@@ -197,8 +199,8 @@ pub fn plan(inv: &Inventory, c: &Compiled, now: Timestamp) -> Plan {
         parents,
         refs,
         out: Plan::default(),
-        decided: HashMap::new(),
-        pruned: HashSet::new(),
+        decided: HashMap::with_capacity(order.len()),
+        pruned: HashSet::with_capacity(order.len()),
         freed: 0,
         blobs: Vec::new(),
         roots: 0,
