@@ -548,3 +548,41 @@ fn admin_off_loopback_needs_a_token() {
     assert_eq!(code(&[&format!("{url}/readyz")]), "200");
     cache.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_pruning_runs_on_its_schedule() {
+    let dist = Distribution::start();
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let old = gen_image(dirs.0.path(), 11, &[10_000], &Platform::linux_amd64());
+    let keep = gen_image(dirs.1.path(), 12, &[10_000], &Platform::linux_amd64());
+    dist.push(&old.source_ref(), "team/old:1");
+    dist.push(&keep.source_ref(), "team/keep:1");
+    let cache = ImageCache::builder()
+        .registry("docker.io", &dist.url())
+        .default_registry("docker.io")
+        .set(
+            "pruneConfig",
+            serde_json::json!({
+                "enabled": true,
+                "frequency": "1s",
+                "request": {"patterns": ["team/old"], "minAge": "0s", "maxDeletionRatio": 1.0, "count": -1}
+            }),
+        )
+        .start();
+    let c = client();
+    pull_verify(&c, &Repo::new(&cache.url(), "team/keep"), "1", &keep).await;
+    pull_verify(&c, &Repo::new(&cache.url(), "team/old"), "1", &old).await;
+    let admin = cache.admin_url();
+    let gone = support::wait_for(std::time::Duration::from_secs(15), || {
+        let urls = manifest_urls(&admin);
+        (!urls.iter().any(|u| u.contains("team/old"))).then_some(urls)
+    })
+    .expect("the background prune never removed team/old");
+    assert!(gone.iter().any(|u| u.contains("team/keep")), "{gone:?}");
+    let metrics = curl(&[&format!("{admin}/metrics")]);
+    assert!(
+        metrics.contains("imagecache_prune_runs_total{trigger=\"background\",outcome=\"pruned\"}"),
+        "{metrics}"
+    );
+    assert!(cache.log().contains("prune run"), "runs are logged");
+}
