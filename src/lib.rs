@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod digest;
 pub mod duration;
+pub mod imageapi;
 pub mod listing;
 pub mod load;
 pub mod metrics;

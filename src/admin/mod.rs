@@ -50,6 +50,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(cmd::routes())
+        .merge(crate::imageapi::openshift::routes())
+        .merge(crate::imageapi::docker::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,

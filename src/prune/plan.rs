@@ -328,6 +328,7 @@ impl<'a, F: Fn(std::time::Duration) -> Timestamp> Planner<'a, F> {
                     .iter()
                     .any(|u| c.patterns.iter().any(|p| p.is_match(u))))
             && c.labels.iter().all(|l| l.matches(&r.labels))
+            && (c.digests.is_empty() || c.digests.contains(&r.digest))
             && (!c.untagged
                 || (e.tags.is_empty() && !has_tagged_parent(e, &self.parents, &self.by_digest))))
     }

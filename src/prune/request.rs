@@ -38,6 +38,9 @@ pub struct PruneRequest {
     /// Selects manifests no tag points to (children of an index count as tagged through it).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub untagged: bool,
+    /// Selects exactly these manifests (deletes by name: the Image and Docker APIs, CachedImage).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub digests: Vec<crate::digest::Digest>,
 
     /// Keeps images whose manifest URL matches any of these regexes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -199,6 +202,7 @@ pub struct Compiled {
     pub patterns: Vec<Regex>,
     pub labels: Vec<LabelTerm>,
     pub untagged: bool,
+    pub digests: std::collections::HashSet<crate::digest::Digest>,
     pub keep_patterns: Vec<Regex>,
     pub most_recently_pulled: Option<u32>,
     pub pulled_within: Option<Duration>,
@@ -221,6 +225,7 @@ impl Compiled {
             || !self.patterns.is_empty()
             || !self.labels.is_empty()
             || self.untagged
+            || !self.digests.is_empty()
     }
 }
 
@@ -241,6 +246,19 @@ fn regexes(field: &'static str, patterns: &[String]) -> Result<Vec<Regex>, Reque
 }
 
 impl PruneRequest {
+    /// Removes exactly these manifests (and the children only they hold), as an explicit
+    /// delete by name does: no minimum age, no pinning, no ratio or count limit.
+    pub fn delete(digests: Vec<crate::digest::Digest>) -> PruneRequest {
+        PruneRequest {
+            digests,
+            min_age: Some(Duration::ZERO),
+            pinned: Some(Vec::new()),
+            count: Some(-1),
+            max_deletion_ratio: Some(1.0),
+            ..Default::default()
+        }
+    }
+
     /// Validates and compiles; every error names the field and the offending value.
     pub fn compile(&self) -> Result<Compiled, RequestError> {
         let count = match self.count.unwrap_or(DEFAULT_COUNT) {
@@ -277,6 +295,7 @@ impl PruneRequest {
                 .map(LabelTerm::parse)
                 .collect::<Result<_, _>>()?,
             untagged: self.untagged,
+            digests: self.digests.iter().cloned().collect(),
             keep_patterns: regexes("keepPatterns", &self.keep_patterns)?,
             most_recently_pulled: self.most_recently_pulled,
             pulled_within: self.pulled_within,

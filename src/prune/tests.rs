@@ -479,6 +479,22 @@ fn untagged_and_label_selectors() {
 }
 
 #[test]
+fn delete_by_digest_takes_children_and_ignores_age() {
+    let mut inv = Inv::default();
+    let amd = inv.image("amd", "library/x", None, &[("amd-layer", 1)], 0, Some(0));
+    let idx = inv.index("x", "library/x", "1", &[&amd], 0, Some(0));
+    let other = inv.image("other", "library/y", Some("1"), &[("y", 1)], 0, Some(0));
+    let p = plan(
+        &inv.build(),
+        &PruneRequest::delete(vec![idx.clone()]).compile().unwrap(),
+        now(),
+    );
+    let got: BTreeSet<Digest> = p.manifests.iter().cloned().collect();
+    assert_eq!(got, BTreeSet::from([amd, idx]));
+    assert!(!p.manifests.contains(&other));
+}
+
+#[test]
 fn no_selector_selects_nothing() {
     let mut inv = Inv::default();
     inv.image("a", "r/a", Some("1"), &[("a", 1)], 40, Some(30));

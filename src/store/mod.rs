@@ -82,6 +82,35 @@ pub struct Stats {
     pub bytes: u64,
 }
 
+/// How many changes the store remembers for watchers that resume from a revision.
+pub const CHANGE_HISTORY: usize = 4096;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ChangeKind {
+    Added,
+    Modified,
+    Deleted,
+}
+
+/// One change of one cached manifest, numbered by the store-wide revision.
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub revision: u64,
+    pub kind: ChangeKind,
+    /// The manifest as it is after the change (as it was, for a deletion).
+    pub record: ManifestRecord,
+    pub tags: Vec<(RepoPath, String)>,
+}
+
+/// A revision older than the retained history: the caller must list again.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("revision {requested} is too old (oldest retained: {oldest})")]
+pub struct Expired {
+    pub requested: u64,
+    pub oldest: u64,
+}
+
 /// What a removal took away.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Removed {
@@ -95,6 +124,8 @@ pub struct Removed {
 
 /// Every manifest with its tags, and the cached blobs with their sizes.
 pub struct Snapshot {
+    /// The revision this snapshot is consistent with.
+    pub revision: u64,
     pub manifests: Vec<(ManifestRecord, Vec<(RepoPath, String)>)>,
     pub blobs: HashMap<Digest, u64>,
     pub bytes: u64,
@@ -114,10 +145,79 @@ struct Index {
     blobs: HashMap<Digest, u64>,
     blob_bytes: u64,
     tags: BTreeMap<RepoPath, BTreeMap<String, TagEntry>>,
+    /// Store-wide change counter: every visible change of a manifest bumps it.
+    revision: u64,
+    /// The last `history` changes, oldest first.
+    changes: std::collections::VecDeque<Change>,
+    history: usize,
     /// Blob -> number of cached manifests referencing it (their own bytes included).
     refs: HashMap<Digest, u32>,
     /// Config digest -> manifests cached before their config blob (blobs are pulled lazily).
     awaiting_config: HashMap<Digest, Vec<Digest>>,
+}
+
+impl Index {
+    fn tags_of(&self, digest: &Digest) -> Vec<(RepoPath, String)> {
+        self.tags
+            .iter()
+            .flat_map(|(repo, tags)| {
+                tags.iter()
+                    .filter(|(_, e)| &e.digest == digest)
+                    .map(move |(t, _)| (repo.clone(), t.clone()))
+            })
+            .collect()
+    }
+
+    /// Records a change of `digest` (which must still be cached, unless `deleted` is given).
+    fn emit(&mut self, kind: ChangeKind, digest: &Digest, deleted: Option<ManifestRecord>) {
+        let Some(record) = deleted.or_else(|| self.manifests.get(digest).cloned()) else {
+            return;
+        };
+        self.revision += 1;
+        // A deleted image has no tags left worth reporting (and scanning for them would cost
+        // a pass over every repository per deletion).
+        let tags = match kind {
+            ChangeKind::Deleted => Vec::new(),
+            _ => self.tags_of(digest),
+        };
+        while self.changes.len() >= self.history.max(1) {
+            self.changes.pop_front();
+        }
+        self.changes.push_back(Change {
+            revision: self.revision,
+            kind,
+            record,
+            tags,
+        });
+    }
+
+    /// Applies a change to one repository's tags; returns the digests that gained or lost a tag.
+    fn retag(
+        &mut self,
+        repo: &RepoPath,
+        change: impl FnOnce(&mut BTreeMap<String, TagEntry>),
+    ) -> Vec<Digest> {
+        let tags = self.tags.entry(repo.clone()).or_default();
+        let before: BTreeMap<String, Digest> = tags
+            .iter()
+            .map(|(t, e)| (t.clone(), e.digest.clone()))
+            .collect();
+        change(tags);
+        let mut affected: Vec<Digest> = Vec::new();
+        for (t, d) in &before {
+            if tags.get(t).map(|e| &e.digest) != Some(d) {
+                affected.push(d.clone());
+            }
+        }
+        for (t, e) in tags.iter() {
+            if before.get(t) != Some(&e.digest) {
+                affected.push(e.digest.clone());
+            }
+        }
+        affected.sort();
+        affected.dedup();
+        affected
+    }
 }
 
 #[derive(Default)]
@@ -132,6 +232,8 @@ pub struct Store {
     /// Manifests whose pull statistics changed since the last flush.
     dirty: Mutex<HashSet<Digest>>,
     memory: Mutex<MemoryCache>,
+    /// The latest revision, for watchers to wait on.
+    revisions: tokio::sync::watch::Sender<u64>,
     _lock: File,
 }
 
@@ -171,7 +273,8 @@ impl Store {
                 report.temp_files_removed += 1;
             }
         }
-        let index = load_index(root, &mut report);
+        let mut index = load_index(root, &mut report);
+        index.history = CHANGE_HISTORY;
         report.manifests = index.manifests.len();
         report.blobs = index.blobs.len();
         Ok((
@@ -180,6 +283,7 @@ impl Store {
                 index: RwLock::new(index),
                 dirty: Mutex::default(),
                 memory: Mutex::default(),
+                revisions: tokio::sync::watch::Sender::new(0),
                 _lock: lock,
             },
             report,
@@ -286,10 +390,15 @@ impl Store {
         for m in waiting {
             let updated = {
                 let mut ix = self.write();
-                ix.manifests.get_mut(&m).map(|r| {
+                let updated = ix.manifests.get_mut(&m).map(|r| {
                     apply_config(r, &info);
                     r.clone()
-                })
+                });
+                if updated.is_some() {
+                    ix.emit(ChangeKind::Modified, &m, None);
+                }
+                self.publish(ix);
+                updated
             };
             if let Some(r) = updated
                 && let Err(e) = self.write_record(&r)
@@ -311,13 +420,13 @@ impl Store {
         now: Timestamp,
     ) -> Result<ManifestContent, StoreError> {
         let existing = self.read().manifests.get(digest).cloned();
-        let record = match existing {
+        let (record, is_new, reference_added) = match existing {
             Some(mut r) => {
-                if r.references.insert(repo.clone()) {
+                let added = r.references.insert(repo.clone());
+                if added {
                     self.write_record(&r)?;
-                    self.write().manifests.insert(digest.clone(), r.clone());
                 }
-                r
+                (r, false, added)
             }
             None => {
                 let parsed = parse_manifest(bytes, content_type)?;
@@ -347,34 +456,66 @@ impl Store {
                     apply_config(&mut r, &parse_config(&b));
                 }
                 self.write_record(&r)?;
-                // Registered under the lock so a config blob committed concurrently is seen
-                // either here or by its own commit.
-                let config_present = {
-                    let mut ix = self.write();
-                    if ix.manifests.insert(digest.clone(), r.clone()).is_none() {
-                        for b in r.blob_digests() {
-                            *ix.refs.entry(b.clone()).or_default() += 1;
-                        }
-                    }
-                    match &r.config {
-                        Some(c) if r.platform.is_none() => {
-                            ix.awaiting_config
-                                .entry(c.digest.clone())
-                                .or_default()
-                                .push(digest.clone());
-                            ix.blobs.contains_key(&c.digest).then(|| c.digest.clone())
-                        }
-                        _ => None,
-                    }
-                };
-                if let Some(c) = config_present {
-                    self.fill_config_info(&c);
-                }
-                r
+                (r, true, false)
             }
         };
-        if let Some(tag) = tag {
-            self.set_tag(repo, tag, digest, now)?;
+        // Record and tag land in one critical section with one event, so a watcher sees one
+        // ADDED (or MODIFIED) for a pull, never a half-made image.
+        let config_present = {
+            let mut ix = self.write();
+            let mut config_present = None;
+            if is_new
+                && ix
+                    .manifests
+                    .insert(digest.clone(), record.clone())
+                    .is_none()
+            {
+                for b in record.blob_digests() {
+                    *ix.refs.entry(b.clone()).or_default() += 1;
+                }
+                // Registered under the lock so a config blob committed concurrently is seen
+                // either here or by its own commit.
+                if let Some(c) = &record.config
+                    && record.platform.is_none()
+                {
+                    ix.awaiting_config
+                        .entry(c.digest.clone())
+                        .or_default()
+                        .push(digest.clone());
+                    config_present = ix.blobs.contains_key(&c.digest).then(|| c.digest.clone());
+                }
+            } else if reference_added && let Some(r) = ix.manifests.get_mut(digest) {
+                r.references.insert(repo.clone());
+            }
+            let affected = match tag {
+                Some(tag) => self.retag_locked(&mut ix, repo, |tags| {
+                    let pinned = tags
+                        .get(tag)
+                        .is_some_and(|e| e.pinned && &e.digest == digest);
+                    tags.insert(
+                        tag.to_owned(),
+                        TagEntry {
+                            digest: digest.clone(),
+                            checked: now,
+                            pinned,
+                        },
+                    );
+                })?,
+                None => Vec::new(),
+            };
+            if is_new {
+                ix.emit(ChangeKind::Added, digest, None);
+            } else if reference_added || affected.contains(digest) {
+                ix.emit(ChangeKind::Modified, digest, None);
+            }
+            for d in affected.iter().filter(|d| *d != digest) {
+                ix.emit(ChangeKind::Modified, d, None);
+            }
+            self.publish(ix);
+            config_present
+        };
+        if let Some(c) = config_present {
+            self.fill_config_info(&c);
         }
         self.remember(digest, bytes);
         Ok(ManifestContent {
@@ -483,13 +624,19 @@ impl Store {
     pub fn add_reference(&self, digest: &Digest, repo: &RepoPath) -> Result<(), StoreError> {
         let updated = {
             let mut ix = self.write();
-            ix.manifests
+            let updated = ix
+                .manifests
                 .get_mut(digest)
                 .filter(|r| !r.references.contains(repo))
                 .map(|r| {
                     r.references.insert(repo.clone());
                     r.clone()
-                })
+                });
+            if updated.is_some() {
+                ix.emit(ChangeKind::Modified, digest, None);
+            }
+            self.publish(ix);
+            updated
         };
         match updated {
             Some(r) => self.write_record(&r),
@@ -503,15 +650,23 @@ impl Store {
             std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()))
                 .into_iter()
                 .collect();
-        let mut written = 0;
+        let mut written = Vec::new();
         for d in dirty {
             let record = self.read().manifests.get(&d).cloned();
             if let Some(r) = record {
                 self.write_record(&r)?;
-                written += 1;
+                written.push(d);
             }
         }
-        Ok(written)
+        // One event per flushed record: last-pull times reach watchers in batches too.
+        if !written.is_empty() {
+            let mut ix = self.write();
+            for d in &written {
+                ix.emit(ChangeKind::Modified, d, None);
+            }
+            self.publish(ix);
+        }
+        Ok(written.len())
     }
 
     pub fn resolve_tag(&self, repo: &RepoPath, tag: &str) -> Option<TagEntry> {
@@ -579,25 +734,77 @@ impl Store {
         repo: &RepoPath,
         change: impl FnOnce(&mut BTreeMap<String, TagEntry>),
     ) -> Result<(), StoreError> {
-        // The write lock is held across the file write so two updates of one repository cannot
-        // persist out of order.
         let mut ix = self.write();
-        let tags = ix.tags.entry(repo.clone()).or_default();
-        change(tags);
+        let affected = self.retag_locked(&mut ix, repo, change)?;
+        for d in &affected {
+            ix.emit(ChangeKind::Modified, d, None);
+        }
+        self.publish(ix);
+        Ok(())
+    }
+
+    /// Changes one repository's tags and persists them. The caller holds the write lock
+    /// across the file write, so two updates of one repository cannot persist out of order.
+    fn retag_locked(
+        &self,
+        ix: &mut Index,
+        repo: &RepoPath,
+        change: impl FnOnce(&mut BTreeMap<String, TagEntry>),
+    ) -> Result<Vec<Digest>, StoreError> {
+        let affected = ix.retag(repo, change);
         let path = tag_path(&self.root, repo);
+        let tags = ix.tags.get(repo).cloned().unwrap_or_default();
         if tags.is_empty() {
             ix.tags.remove(repo);
-            return match fs::remove_file(&path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&path)(e)),
-                _ => Ok(()),
-            };
+            remove_file_if_exists(&path)?;
+            return Ok(affected);
         }
         let file = TagFile {
             registry: repo.registry.clone(),
             repository: repo.repository.clone(),
-            tags: tags.clone(),
+            tags,
         };
-        write_atomic(&self.root, &path, &json_bytes(&file))
+        write_atomic(&self.root, &path, &json_bytes(&file))?;
+        Ok(affected)
+    }
+
+    /// Releases the write lock and wakes watchers if the revision moved.
+    fn publish(&self, ix: std::sync::RwLockWriteGuard<'_, Index>) {
+        let revision = ix.revision;
+        drop(ix);
+        self.revisions.send_if_modified(|r| {
+            let moved = *r != revision;
+            *r = revision;
+            moved
+        });
+    }
+
+    /// The current revision.
+    pub fn revision(&self) -> u64 {
+        self.read().revision
+    }
+
+    /// Waits on this for new revisions.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revisions.subscribe()
+    }
+
+    /// Changes after `revision`, oldest first; `Expired` when they are no longer all retained.
+    pub fn changes_since(&self, revision: u64) -> Result<Vec<Change>, Expired> {
+        let ix = self.read();
+        let oldest = ix.changes.front().map_or(ix.revision + 1, |c| c.revision);
+        if revision + 1 < oldest && revision < ix.revision {
+            return Err(Expired {
+                requested: revision,
+                oldest,
+            });
+        }
+        Ok(ix
+            .changes
+            .iter()
+            .filter(|c| c.revision > revision)
+            .cloned()
+            .collect())
     }
 
     /// Manifests whose `subject` is `digest` (the local answer of the referrers API).
@@ -674,6 +881,10 @@ impl Store {
                 out.manifests.push(d.clone());
                 records.push(r);
             }
+            for r in &records {
+                ix.emit(ChangeKind::Deleted, &r.digest, Some(r.clone()));
+            }
+            self.publish(guard);
         }
         {
             let mut mem = self.memory.lock().unwrap_or_else(|p| p.into_inner());
@@ -741,6 +952,7 @@ impl Store {
             }
         }
         Snapshot {
+            revision: ix.revision,
             manifests: ix
                 .manifests
                 .values()

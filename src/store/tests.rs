@@ -153,3 +153,76 @@ fn put_blob_refuses_wrong_content() {
             .is_none()
     );
 }
+
+#[test]
+fn every_change_is_one_event_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let now = Timestamp::now();
+    let mut rx = store.subscribe();
+    let (a, ab) = image(&store, CONFIG, &[b"a"]);
+    let (b, bb) = image(&store, CONFIG, &[b"b"]);
+    assert_eq!(store.revision(), 0, "blobs alone are not visible changes");
+    // A pull by tag: one ADDED carrying the tag.
+    store
+        .put_manifest(&repo("x"), Some("v1"), &a, None, &ab, now)
+        .unwrap();
+    assert!(rx.has_changed().unwrap());
+    let c = store.changes_since(0).unwrap();
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].kind, ChangeKind::Added);
+    assert_eq!(c[0].tags, vec![(repo("x"), "v1".to_owned())]);
+    // Re-pulling the same tag changes nothing visible.
+    store
+        .put_manifest(&repo("x"), Some("v1"), &a, None, &ab, now)
+        .unwrap();
+    assert_eq!(store.revision(), 1);
+    // The tag moves to b: b is ADDED with the tag, a is MODIFIED (lost it).
+    store
+        .put_manifest(&repo("x"), Some("v1"), &b, None, &bb, now)
+        .unwrap();
+    let c = store.changes_since(1).unwrap();
+    assert_eq!(
+        c.iter()
+            .map(|c| (c.kind, c.record.digest.clone()))
+            .collect::<Vec<_>>(),
+        vec![
+            (ChangeKind::Added, b.clone()),
+            (ChangeKind::Modified, a.clone())
+        ]
+    );
+    assert!(c[1].tags.is_empty());
+    // Pulls become visible at the flush, one event per record.
+    store.record_pull(&a, now);
+    store.record_pull(&a, now);
+    assert_eq!(store.revision(), 3);
+    store.flush_access().unwrap();
+    let c = store.changes_since(3).unwrap();
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].record.pull_count, 2);
+    // A removal: one DELETED with the last state.
+    store.delete_manifest(&a).unwrap();
+    let c = store.changes_since(4).unwrap();
+    assert_eq!(c.len(), 1);
+    assert_eq!((c[0].kind, c[0].revision), (ChangeKind::Deleted, 5));
+    assert_eq!(store.snapshot().revision, 5);
+}
+
+#[test]
+fn old_revisions_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let (a, ab) = image(&store, CONFIG, &[b"a"]);
+    store
+        .put_manifest(&repo("x"), None, &a, None, &ab, Timestamp::now())
+        .unwrap();
+    store.write().history = 16;
+    for _ in 0..17 {
+        store.record_pull(&a, Timestamp::now());
+        store.flush_access().unwrap();
+    }
+    assert!(matches!(store.changes_since(0), Err(Expired { .. })));
+    let latest = store.revision();
+    assert_eq!(store.changes_since(latest - 10).unwrap().len(), 10);
+    assert!(store.changes_since(latest).unwrap().is_empty());
+}
