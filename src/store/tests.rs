@@ -159,7 +159,7 @@ fn every_change_is_one_event_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(dir.path()).unwrap();
     let now = Timestamp::now();
-    let mut rx = store.subscribe();
+    let rx = store.subscribe();
     let (a, ab) = image(&store, CONFIG, &[b"a"]);
     let (b, bb) = image(&store, CONFIG, &[b"b"]);
     assert_eq!(store.revision(), 0, "blobs alone are not visible changes");
