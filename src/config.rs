@@ -38,6 +38,8 @@ pub struct Config {
     /// How often in-memory pull statistics are written to disk.
     #[serde(with = "serde_human")]
     pub access_flush_interval: Duration,
+    /// Changes the Image API can replay to a watcher resuming from a resourceVersion.
+    pub change_history: usize,
     pub prune_config: PruneConfig,
     pub log: LogConfig,
 }
@@ -102,6 +104,7 @@ impl Default for Config {
                 .map(|n| RegistryConfig::named(n))
                 .collect(),
             access_flush_interval: Duration::from_secs(10),
+            change_history: crate::store::CHANGE_HISTORY,
             prune_config: PruneConfig::default(),
             log: LogConfig::default(),
         }

@@ -80,6 +80,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     let (store, report) = tokio::task::spawn_blocking(move || Store::open(&root))
         .await
         .map_err(std::io::Error::other)??;
+    store.set_change_history(config.change_history);
     let store = Arc::new(store);
     tracing::info!(
         path = %config.image_path.display(),

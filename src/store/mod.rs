@@ -275,6 +275,9 @@ impl Store {
         }
         let mut index = load_index(root, &mut report);
         index.history = CHANGE_HISTORY;
+        // Revisions start from the clock, so every revision handed out before a restart is
+        // older than the new history: watchers resuming from one get Expired and relist.
+        index.revision = u64::try_from(Timestamp::now().as_microsecond()).unwrap_or(0);
         report.manifests = index.manifests.len();
         report.blobs = index.blobs.len();
         Ok((
@@ -777,6 +780,15 @@ impl Store {
             *r = revision;
             moved
         });
+    }
+
+    /// How many changes are retained for watchers resuming from a revision.
+    pub fn set_change_history(&self, changes: usize) {
+        let mut ix = self.write();
+        ix.history = changes.max(1);
+        while ix.changes.len() > ix.history {
+            ix.changes.pop_front();
+        }
     }
 
     /// The current revision.

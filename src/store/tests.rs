@@ -162,13 +162,17 @@ fn every_change_is_one_event_in_order() {
     let rx = store.subscribe();
     let (a, ab) = image(&store, CONFIG, &[b"a"]);
     let (b, bb) = image(&store, CONFIG, &[b"b"]);
-    assert_eq!(store.revision(), 0, "blobs alone are not visible changes");
+    let r0 = store.revision();
+    assert!(
+        !rx.has_changed().unwrap(),
+        "blobs alone are not visible changes"
+    );
     // A pull by tag: one ADDED carrying the tag.
     store
         .put_manifest(&repo("x"), Some("v1"), &a, None, &ab, now)
         .unwrap();
     assert!(rx.has_changed().unwrap());
-    let c = store.changes_since(0).unwrap();
+    let c = store.changes_since(r0).unwrap();
     assert_eq!(c.len(), 1);
     assert_eq!(c[0].kind, ChangeKind::Added);
     assert_eq!(c[0].tags, vec![(repo("x"), "v1".to_owned())]);
@@ -176,7 +180,7 @@ fn every_change_is_one_event_in_order() {
     store
         .put_manifest(&repo("x"), Some("v1"), &a, None, &ab, now)
         .unwrap();
-    assert_eq!(store.revision(), 1);
+    assert_eq!(store.revision(), r0 + 1);
     // The tag moves to b: b is ADDED with the tag, a is MODIFIED (lost it).
     store
         .put_manifest(&repo("x"), Some("v1"), &b, None, &bb, now)
@@ -195,17 +199,22 @@ fn every_change_is_one_event_in_order() {
     // Pulls become visible at the flush, one event per record.
     store.record_pull(&a, now);
     store.record_pull(&a, now);
-    assert_eq!(store.revision(), 3);
+    assert_eq!(store.revision(), r0 + 3);
     store.flush_access().unwrap();
-    let c = store.changes_since(3).unwrap();
+    let c = store.changes_since(r0 + 3).unwrap();
     assert_eq!(c.len(), 1);
     assert_eq!(c[0].record.pull_count, 2);
     // A removal: one DELETED with the last state.
     store.delete_manifest(&a).unwrap();
-    let c = store.changes_since(4).unwrap();
+    let c = store.changes_since(r0 + 4).unwrap();
     assert_eq!(c.len(), 1);
-    assert_eq!((c[0].kind, c[0].revision), (ChangeKind::Deleted, 5));
-    assert_eq!(store.snapshot().revision, 5);
+    assert_eq!((c[0].kind, c[0].revision), (ChangeKind::Deleted, r0 + 5));
+    assert_eq!(store.snapshot().revision, r0 + 5);
+    // After a restart every earlier revision has expired, so watchers relist.
+    drop(store);
+    let (store, _) = Store::open(dir.path()).unwrap();
+    assert!(store.revision() > r0 + 5);
+    assert!(matches!(store.changes_since(r0 + 5), Err(Expired { .. })));
 }
 
 #[test]
@@ -213,15 +222,16 @@ fn old_revisions_expire() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(dir.path()).unwrap();
     let (a, ab) = image(&store, CONFIG, &[b"a"]);
+    let r0 = store.revision();
     store
         .put_manifest(&repo("x"), None, &a, None, &ab, Timestamp::now())
         .unwrap();
-    store.write().history = 16;
+    store.set_change_history(16);
     for _ in 0..17 {
         store.record_pull(&a, Timestamp::now());
         store.flush_access().unwrap();
     }
-    assert!(matches!(store.changes_since(0), Err(Expired { .. })));
+    assert!(matches!(store.changes_since(r0), Err(Expired { .. })));
     let latest = store.revision();
     assert_eq!(store.changes_since(latest - 10).unwrap().len(), 10);
     assert!(store.changes_since(latest).unwrap().is_empty());
