@@ -185,7 +185,7 @@ fn every_change_is_one_event_in_order() {
     store
         .put_manifest(&repo("x"), Some("v1"), &b, None, &bb, now)
         .unwrap();
-    let c = store.changes_since(1).unwrap();
+    let c = store.changes_since(r0 + 1).unwrap();
     assert_eq!(
         c.iter()
             .map(|c| (c.kind, c.record.digest.clone()))
