@@ -115,9 +115,16 @@ impl Upstream {
             message,
         };
         let base = r.endpoint_url();
+        // Docker config keys name the registry as host[:port].
         let host = reqwest::Url::parse(&base)
             .ok()
-            .and_then(|u| u.host_str().map(str::to_owned))
+            .and_then(|u| {
+                let host = u.host_str()?.to_owned();
+                Some(match u.port() {
+                    Some(p) => format!("{host}:{p}"),
+                    None => host,
+                })
+            })
             .unwrap_or_default();
         let credentials = match &r.auth {
             Some(a) => {

@@ -32,20 +32,38 @@ pub struct Distribution {
     config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// Serves HTTPS (readiness is then a TCP connect, the URL `https://`).
+    tls: bool,
+}
+
+/// Extra settings for a secured Distribution: TLS files and an htpasswd file.
+#[derive(Default)]
+pub struct Secure {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// CA bundle client certificates must chain to (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+    /// bcrypt htpasswd file: basic authentication.
+    pub htpasswd: Option<PathBuf>,
 }
 
 impl Distribution {
     /// A plain registry with filesystem storage, deletes enabled, no auth.
     pub fn start() -> Self {
-        Self::launch(None)
+        Self::launch(None, &Secure::default())
+    }
+
+    /// A registry with TLS, client certificates and/or basic authentication.
+    pub fn start_secure(secure: &Secure) -> Self {
+        Self::launch(None, secure)
     }
 
     /// A Distribution pull-through cache of `remote_url` (e.g. `http://127.0.0.1:5000`).
     pub fn start_proxy(remote_url: &str) -> Self {
-        Self::launch(Some(remote_url))
+        Self::launch(Some(remote_url), &Secure::default())
     }
 
-    fn launch(remote: Option<&str>) -> Self {
+    fn launch(remote: Option<&str>, secure: &Secure) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("distribution-")
             .tempdir()
@@ -56,6 +74,27 @@ impl Distribution {
         let proxy = remote
             .map(|r| format!("proxy:\n  remoteurl: {r}\n"))
             .unwrap_or_default();
+        let mut tls = String::new();
+        if let (Some(cert), Some(key)) = (&secure.cert, &secure.key) {
+            tls = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            );
+            if let Some(ca) = &secure.client_ca {
+                tls.push_str(&format!("    clientcas:\n      - {}\n", ca.display()));
+            }
+        }
+        let auth = secure
+            .htpasswd
+            .as_ref()
+            .map(|p| {
+                format!(
+                    "auth:\n  htpasswd:\n    realm: basic-realm\n    path: {}\n",
+                    p.display()
+                )
+            })
+            .unwrap_or_default();
         // A fixed http.secret silences the "generated random secret" warning.
         let config = format!(
             "version: 0.1\n\
@@ -63,7 +102,7 @@ impl Distribution {
              storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n  \
              cache:\n    blobdescriptor: inmemory\n\
              http:\n  addr: 127.0.0.1:{port}\n  secret: imagecache-tests\n\
-             {proxy}",
+             {tls}{auth}{proxy}",
             storage = storage.display(),
         );
         let config_path = dir.path().join("config.yml");
@@ -75,6 +114,7 @@ impl Distribution {
             log,
             child: None,
             dir,
+            tls: secure.cert.is_some(),
         };
         d.spawn();
         d
@@ -103,7 +143,13 @@ impl Distribution {
             if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("docker-registry exited ({st}):\n{}", tail(&self.log, 4000));
             }
-            (probe(&addr, "/v2/") == Some(200)).then_some(())
+            let up = if self.tls {
+                std::net::TcpStream::connect(&addr).is_ok()
+            } else {
+                // 401 when basic auth is on: up all the same.
+                matches!(probe(&addr, "/v2/"), Some(200 | 401))
+            };
+            up.then_some(())
         });
         if up.is_none() {
             panic!(
@@ -138,7 +184,8 @@ impl Distribution {
 
     /// `http://127.0.0.1:PORT`
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr())
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr())
     }
 
     pub fn storage_dir(&self) -> PathBuf {
