@@ -110,6 +110,20 @@ fn patterns(q: &HashMap<String, String>, key: &str, json: bool) -> Result<Vec<Re
         .collect()
 }
 
+/// JSON rows, or columns under `header`.
+fn rows<R: serde::Serialize>(
+    json: bool,
+    rows: Vec<R>,
+    header: &[&str],
+    cells: fn(&R) -> Vec<String>,
+) -> Response {
+    if json {
+        return axum::Json(rows).into_response();
+    }
+    let cells: Vec<_> = rows.iter().map(cells).collect();
+    text(listing::columns(Some(header), &cells, false))
+}
+
 fn text(body: String) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }
@@ -121,16 +135,13 @@ async fn manifest_list(
     let json = wants_json(&q);
     let svc = service(&state, json)?;
     let (pats, n) = (patterns(&q, "pattern", json)?, count(&q, json)?);
-    let rows = listing::manifests(&crate::prune::inventory(svc.store()), &pats, n);
-    if json {
-        return Ok(axum::Json(rows).into_response());
-    }
-    let cells: Vec<_> = rows.iter().map(listing::manifest_cells).collect();
-    Ok(text(listing::columns(
-        Some(listing::MANIFEST_HEADER),
-        &cells,
-        false,
-    )))
+    let found = listing::manifests(&crate::prune::inventory(svc.store()), &pats, n);
+    Ok(rows(
+        json,
+        found,
+        listing::MANIFEST_HEADER,
+        listing::manifest_cells,
+    ))
 }
 
 async fn image_list(
@@ -144,16 +155,13 @@ async fn image_list(
         .get("digest")
         .map(String::as_str)
         .filter(|d| !d.is_empty());
-    let rows = listing::images(&crate::prune::inventory(svc.store()), &pats, digest, n);
-    if json {
-        return Ok(axum::Json(rows).into_response());
-    }
-    let cells: Vec<_> = rows.iter().map(listing::image_cells).collect();
-    Ok(text(listing::columns(
-        Some(listing::IMAGE_HEADER),
-        &cells,
-        false,
-    )))
+    let found = listing::images(&crate::prune::inventory(svc.store()), &pats, digest, n);
+    Ok(rows(
+        json,
+        found,
+        listing::IMAGE_HEADER,
+        listing::image_cells,
+    ))
 }
 
 async fn blob_list(
@@ -167,16 +175,8 @@ async fn blob_list(
         .get("substr")
         .map(String::as_str)
         .filter(|s| !s.is_empty());
-    let rows = listing::blobs(svc.store().blob_refs(), substr, n);
-    if json {
-        return Ok(axum::Json(rows).into_response());
-    }
-    let cells: Vec<_> = rows.iter().map(listing::blob_cells).collect();
-    Ok(text(listing::columns(
-        Some(listing::BLOB_HEADER),
-        &cells,
-        false,
-    )))
+    let found = listing::blobs(svc.store().blob_refs(), substr, n);
+    Ok(rows(json, found, listing::BLOB_HEADER, listing::blob_cells))
 }
 
 /// The seed's query parameters as a prune request.

@@ -687,15 +687,7 @@ impl Store {
 
     /// Every (repository, tag) pointing at `digest`.
     pub fn tags_of(&self, digest: &Digest) -> Vec<(RepoPath, String)> {
-        let ix = self.read();
-        ix.tags
-            .iter()
-            .flat_map(|(repo, tags)| {
-                tags.iter()
-                    .filter(|(_, e)| &e.digest == digest)
-                    .map(move |(t, _)| (repo.clone(), t.clone()))
-            })
-            .collect()
+        self.read().tags_of(digest)
     }
 
     pub fn set_tag(
