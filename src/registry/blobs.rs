@@ -77,6 +77,30 @@ impl Source {
         end: Option<u64>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+        let complete = match *self.progress.borrow() {
+            Progress::Done { size } => Some(size),
+            _ => None,
+        };
+        match complete {
+            Some(size) => {
+                let served = metrics
+                    .served_bytes
+                    .get_or_create(&crate::metrics::KindLabels { kind: Kind::blob })
+                    .clone();
+                let end = end.map_or(size, |e| e.min(size));
+                futures_util::future::Either::Left(read_ahead(self.file, start, end, served))
+            }
+            None => futures_util::future::Either::Right(self.follow(start, end, metrics)),
+        }
+    }
+
+    /// Reads what a fetch in progress has written so far, waiting for more.
+    fn follow(
+        self,
+        start: u64,
+        end: Option<u64>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
         let served = metrics
             .served_bytes
             .get_or_create(&crate::metrics::KindLabels { kind: Kind::blob })
@@ -137,6 +161,58 @@ impl Source {
             }
         })
     }
+}
+
+/// Streams `[start, end)` of a complete file: one blocking task reads ahead into a small
+/// bounded queue while the connection sends, so disk reads and socket writes overlap and no
+/// thread hop is paid per chunk. `read_to_end` fills fresh capacity without zeroing it first.
+fn read_ahead(
+    file: Arc<File>,
+    start: u64,
+    end: u64,
+    served: prometheus_client::metrics::counter::Counter,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    use std::io::{Read, Seek, SeekFrom};
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    tokio::task::spawn_blocking(move || {
+        let mut reader = &*file;
+        if let Err(e) = reader.seek(SeekFrom::Start(start)) {
+            let _ = tx.blocking_send(Err(e));
+            return;
+        }
+        let mut offset = start;
+        while offset < end {
+            let len = (end - offset).min(CHUNK as u64);
+            let mut buf = Vec::with_capacity(len as usize);
+            let read = reader.take(len).read_to_end(&mut buf).and_then(|n| {
+                if n as u64 == len {
+                    Ok(n)
+                } else {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "cached blob is shorter than its size",
+                    ))
+                }
+            });
+            let item = read.map(|_| Bytes::from(buf));
+            let failed = item.is_err();
+            // The client went away: stop reading.
+            if tx.blocking_send(item).is_err() || failed {
+                return;
+            }
+            offset += len;
+        }
+    });
+    futures_util::stream::unfold(rx, move |mut rx| {
+        let served = served.clone();
+        async move {
+            let item = rx.recv().await?;
+            if let Ok(b) = &item {
+                served.inc_by(b.len() as u64);
+            }
+            Some((item, rx))
+        }
+    })
 }
 
 impl BlobFetches {
