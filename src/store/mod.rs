@@ -783,6 +783,13 @@ impl Store {
         }
     }
 
+    /// The oldest revision the history still holds a change for (the next revision when the
+    /// history is empty).
+    pub fn oldest_revision(&self) -> u64 {
+        let ix = self.read();
+        ix.changes.front().map_or(ix.revision + 1, |c| c.revision)
+    }
+
     /// The current revision.
     pub fn revision(&self) -> u64 {
         self.read().revision
