@@ -190,6 +190,9 @@ pub struct ConfigArgs {
     /// How often pull statistics are written to disk (`accessFlushInterval`).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub access_flush_interval: Option<Duration>,
+    /// Changes kept for Image API watchers resuming from a resourceVersion (`changeHistory`).
+    #[arg(long, value_name = "N")]
+    pub change_history: Option<usize>,
     /// Log level (`log.level`): error, warn, info, debug, trace. RUST_LOG overrides it.
     #[arg(long)]
     pub log_level: Option<String>,
@@ -250,6 +253,9 @@ impl ConfigArgs {
         }
         if let Some(v) = self.access_flush_interval {
             c.access_flush_interval = v;
+        }
+        if let Some(v) = self.change_history {
+            c.change_history = v;
         }
         if let Some(v) = &self.log_level {
             c.log.level = v.clone();
