@@ -35,7 +35,6 @@ pub async fn get(
     state: &Arc<AppState>,
     repo: &RepoPath,
     reference: Reference,
-    _headers: &HeaderMap,
     head: bool,
 ) -> Result<Response, RegistryError> {
     let content = match &reference {

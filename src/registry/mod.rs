@@ -172,7 +172,7 @@ async fn handle(
                     Err(e) => Err(e),
                 },
                 (_, reference) => match repo(name) {
-                    Ok(repo) => manifests::get(state, &repo, reference, &req.headers, head).await,
+                    Ok(repo) => manifests::get(state, &repo, reference, head).await,
                     Err(e) => Err(e),
                 },
             };
