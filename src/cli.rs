@@ -32,6 +32,16 @@ pub enum Command {
     Prune(PruneArgs),
     /// Preload the cache from image references, list files or image tarballs.
     Load(crate::load::LoadArgs),
+    /// Print the operator's CustomResourceDefinitions (multi-document YAML), or write them to a
+    /// directory as `<plural>.imagecache.io.yaml`.
+    Crds(CrdsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CrdsArgs {
+    /// Write one file per CRD into this directory instead of printing them.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -154,6 +164,8 @@ pub enum CliError {
     Output(std::io::Error),
     #[error(transparent)]
     Load(#[from] crate::load::LoadError),
+    #[error(transparent)]
+    Crds(#[from] crate::crd::CrdError),
 }
 
 /// The registry configuration: a file and a flag for every key; flags win over the file.
@@ -405,6 +417,13 @@ pub fn run() -> Result<(), CliError> {
             crate::load::run(args, cli.image_path)?;
             Ok(())
         }
+        Command::Crds(args) => match args.out {
+            Some(dir) => {
+                crate::crd::write_dir(&dir)?;
+                Ok(())
+            }
+            None => print(crate::crd::to_multi_yaml()?),
+        },
     }
 }
 

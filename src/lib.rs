@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod crd;
 pub mod digest;
 pub mod duration;
 pub mod imageapi;

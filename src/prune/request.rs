@@ -17,17 +17,20 @@ pub const DEFAULT_MAX_DELETION_RATIO: f64 = 0.5;
 /// Pause images are what every pod sandbox needs; losing them stalls every node.
 pub const DEFAULT_PINNED: &[&str] = &[r"/pause[:@]", r"/pause$"];
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct PruneRequest {
     /// Selects images not pulled within this duration.
     #[serde(with = "serde_human_opt", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>", regex(pattern = crate::crd::DURATION_PATTERN))]
     pub unused_for: Option<Duration>,
     /// Selects images first cached before now minus this duration.
     #[serde(with = "serde_human_opt", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>", regex(pattern = crate::crd::DURATION_PATTERN))]
     pub older_than: Option<Duration>,
     /// Selects images first cached before this instant.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub created_before: Option<Timestamp>,
     /// Selects images whose manifest URL matches any of these regexes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -50,10 +53,12 @@ pub struct PruneRequest {
     pub most_recently_pulled: Option<u32>,
     /// Keeps images pulled within this duration.
     #[serde(with = "serde_human_opt", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>", regex(pattern = crate::crd::DURATION_PATTERN))]
     pub pulled_within: Option<Duration>,
 
     /// Never prunes images first cached less than this long ago (default 1h).
     #[serde(with = "serde_human_opt", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>", regex(pattern = crate::crd::DURATION_PATTERN))]
     pub min_age: Option<Duration>,
     /// Never prunes images whose URL matches these regexes (default: pause images).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,17 +69,22 @@ pub struct PruneRequest {
 
     /// Evict least recently pulled images until the cache is below this (`50Gi`, `80%`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::crd::SIZE_OR_PERCENT_PATTERN))]
     pub max_used_space: Option<String>,
     /// Evict least recently pulled images until the volume has this much free (`10Gi`, `20%`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::crd::SIZE_OR_PERCENT_PATTERN))]
     pub min_free_space: Option<String>,
 
     /// Most images selected in one run (default 50; -1: no limit).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = -1))]
     pub count: Option<i64>,
     /// Refuse a run that would delete more than this share of the cache (default 0.5).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub max_deletion_ratio: Option<f64>,
+    /// Report what would be pruned without deleting anything.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
 }

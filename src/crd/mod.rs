@@ -1,0 +1,114 @@
+//! The operator's custom resources (design section 6): [`ImageCache`], [`PrunePolicy`] and
+//! [`CachedImage`] in `imagecache.io/v1alpha1`, and the `imagecache crds` generator.
+//!
+//! The schemas come from the Rust types (kube-derive + schemars); what the schema alone cannot
+//! say is added as CEL rules (`x-kubernetes-validations`) with `#[x_kube(validation = ...)]`.
+//! `crds/` in the repository is generated from here (`imagecache crds --out crds`); a test fails
+//! when the two drift.
+
+// kube's `printcolumn(type_ = ..)` groups repeat key-value pairs, which clippy's
+// `duplicated_attributes` mistakes for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+mod cachedimage;
+#[allow(clippy::duplicated_attributes)]
+mod imagecache;
+#[allow(clippy::duplicated_attributes)]
+mod prunepolicy;
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+pub use cachedimage::{CachedImage, CachedImageSpec, CachedImageStatus, ImageLayer};
+pub use imagecache::{
+    ImageCache, ImageCacheSpec, ImageCacheStatus, LastPrune, MirrorRuntime, NodeMirrorSpec,
+    PodSummary, PreloadSpec, SchedulingSpec, ServiceSpec, ServiceType, StorageSpec, UpstreamSpec,
+};
+pub use prunepolicy::{
+    HISTORY_LIMIT, ITEMS_LIMIT, PrunePolicy, PrunePolicySpec, PrunePolicyStatus, PruneRun,
+    PruneRunItem, PruneRunPod, PruneRunTotals,
+};
+
+/// The API group of every resource here.
+pub const GROUP: &str = "imagecache.io";
+/// The served and stored version.
+pub const VERSION: &str = "v1alpha1";
+
+/// A duration as the config file, the CLI and the prune request write it (`30d`, `1h30m`, `0`).
+pub const DURATION_PATTERN: &str = r"^(0|([0-9]{1,12}(ms|s|m|h|d))+)$";
+/// A size (`500Mi`, `20G`, `1.5Ti`, `1024`) or a share of the volume (`80%`).
+pub const SIZE_OR_PERCENT_PATTERN: &str =
+    r"^(([0-9]+(\.[0-9]+)?(k|K|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?)|([0-9]+(\.[0-9]+)?%))$";
+/// Characters a 5-field cron expression is made of (names such as `MON` or `JAN` included).
+pub const CRON_PATTERN: &str = r"^[0-9A-Za-z*?/,#\- ]+$";
+/// A platform as `os/arch` or `os/arch/variant`.
+pub const PLATFORM_PATTERN: &str = r"^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$";
+/// A reference to an object in the same namespace: a DNS-1123 subdomain.
+pub const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$";
+
+/// A reference to the ImageCache a PrunePolicy or CachedImage belongs to (same namespace).
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheRef {
+    /// Name of the ImageCache in this namespace.
+    #[schemars(length(min = 1, max = 253), regex(pattern = NAME_PATTERN))]
+    pub name: String,
+}
+
+/// The three CustomResourceDefinitions, in a stable order.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![ImageCache::crd(), PrunePolicy::crd(), CachedImage::crd()]
+}
+
+/// The file name `imagecache crds --out DIR` gives a CRD: `<plural>.<group>.yaml`.
+pub fn file_name(crd: &CustomResourceDefinition) -> String {
+    format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or_default())
+}
+
+/// One CRD as YAML.
+pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, CrdError> {
+    serde_saphyr::to_string(crd).map_err(|e| CrdError::Yaml(e.to_string()))
+}
+
+/// All CRDs as one multi-document YAML stream.
+pub fn to_multi_yaml() -> Result<String, CrdError> {
+    let mut out = String::new();
+    for crd in crds() {
+        out.push_str("---\n");
+        out.push_str(&to_yaml(&crd)?);
+    }
+    Ok(out)
+}
+
+/// Writes each CRD to `dir/<plural>.<group>.yaml` (creating `dir`); returns the paths written.
+pub fn write_dir(dir: &Path) -> Result<Vec<PathBuf>, CrdError> {
+    let io = |path: &Path, source| CrdError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let mut written = Vec::new();
+    for crd in crds() {
+        let path = dir.join(file_name(&crd));
+        std::fs::write(&path, to_yaml(&crd)?).map_err(|e| io(&path, e))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CrdError {
+    #[error("cannot render a CRD as YAML: {0}")]
+    Yaml(String),
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[cfg(test)]
+mod tests;
