@@ -390,18 +390,15 @@ fn list(feed: &Feed, store: &Store, p: &Params, out: Output) -> Result<Response,
             meta.remaining_item_count = Some((records.len() - seen + 1) as i64);
         }
     }
-    if let Some(format) = out.table {
-        return Ok(ok_json(&table::table(
-            &items,
-            meta,
-            format,
-            Timestamp::now(),
-        )));
+    Ok(list_response(&items, meta, &out))
+}
+
+/// A list as a Table for kubectl, or as an ImageList.
+fn list_response(items: &[Image], meta: ListMeta, out: &Output) -> Response {
+    match out.table {
+        Some(format) => ok_json(&table::table(items, meta, format, Timestamp::now())),
+        None => json_response(StatusCode::OK, image_list(items, meta, out.api_version)),
     }
-    Ok(json_response(
-        StatusCode::OK,
-        image_list(&items, meta, out.api_version),
-    ))
 }
 
 /// `{"apiVersion":..,"kind":"ImageList","metadata":..,"items":[..]}` from encoded items.
@@ -575,18 +572,7 @@ async fn delete_collection(
         ..Default::default()
     };
     let out = output(&headers, &p, v);
-    if let Some(format) = out.table {
-        return Ok(ok_json(&table::table(
-            &items,
-            meta,
-            format,
-            Timestamp::now(),
-        )));
-    }
-    Ok(json_response(
-        StatusCode::OK,
-        image_list(&items, meta, out.api_version),
-    ))
+    Ok(list_response(&items, meta, &out))
 }
 
 #[cfg(test)]
