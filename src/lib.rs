@@ -8,6 +8,7 @@
 //! - [`registry`]: the distribution pull API over the store and the upstreams.
 //! - [`admin`]: health, readiness, metrics and the admin token gate; [`metrics`]: the families.
 //! - [`server`]: wiring for `imagecache serve`.
+//! - [`operator`]: the ImageCache operator (desired state of the children it owns).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -20,6 +21,7 @@ pub mod imageapi;
 pub mod listing;
 pub mod load;
 pub mod metrics;
+pub mod operator;
 pub mod prune;
 pub mod reference;
 pub mod registry;
