@@ -81,7 +81,7 @@ pub(super) async fn by_digest(
     repo: &RepoPath,
     digest: &Digest,
 ) -> Result<ManifestContent, RegistryError> {
-    if let Some(c) = cached(state, digest).await? {
+    if let Some(c) = cached(state, digest)? {
         state.metrics.lookup(Kind::manifest, Lookup::hit);
         if !state.store.has_reference(digest, repo) {
             let (store, d, r) = (state.store.clone(), digest.clone(), repo.clone());
@@ -112,7 +112,7 @@ pub(super) async fn by_tag(
         .duration_since(entry.checked)
         .unsigned_abs();
     if (age < state.config.tag_ttl || state.config.air_gapped || entry.pinned)
-        && let Some(c) = cached(state, &entry.digest).await?
+        && let Some(c) = cached(state, &entry.digest)?
     {
         state.metrics.lookup(Kind::tag, Lookup::hit);
         return Ok(c);
@@ -130,14 +130,9 @@ pub(super) async fn by_tag(
         .await
 }
 
-async fn cached(
-    state: &Arc<AppState>,
-    digest: &Digest,
-) -> Result<Option<ManifestContent>, RegistryError> {
-    if !state.store.has_manifest(digest) {
-        return Ok(None);
-    }
-    // Hot manifests come from memory; a read from disk is small enough to do inline.
+/// A cached manifest: hot ones come from memory, and a read from disk is small enough to do
+/// inline.
+fn cached(state: &AppState, digest: &Digest) -> Result<Option<ManifestContent>, RegistryError> {
     Ok(state.store.manifest(digest)?)
 }
 
@@ -165,9 +160,7 @@ async fn revalidate(
     }
     .await;
     let stale = |reason: String| async move {
-        let c = cached(state, cached_ref)
-            .await?
-            .ok_or(RegistryError::ManifestUnknown)?;
+        let c = cached(state, cached_ref)?.ok_or(RegistryError::ManifestUnknown)?;
         tracing::warn!(%repo, tag, %reason, "upstream unavailable; serving cached tag");
         state.metrics.lookup(Kind::tag, Lookup::stale);
         Ok(c)
@@ -192,7 +185,7 @@ async fn revalidate(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<Digest>().ok());
     if upstream_digest.as_ref() == Some(&cached_digest)
-        && let Some(c) = cached(state, &cached_digest).await?
+        && let Some(c) = cached(state, &cached_digest)?
     {
         let (store, r, t, d) = (
             state.store.clone(),

@@ -586,11 +586,6 @@ impl Store {
         self.read().manifests.get(digest).cloned()
     }
 
-    /// Every manifest record, for listing and prune planning.
-    pub fn manifest_records(&self) -> Vec<ManifestRecord> {
-        self.read().manifests.values().cloned().collect()
-    }
-
     fn remember(&self, digest: &Digest, bytes: &Bytes) {
         let mut mem = self.memory.lock().unwrap_or_else(|p| p.into_inner());
         if mem.entries.contains_key(digest) || bytes.len() > MANIFEST_MEMORY_BUDGET / 16 {
