@@ -24,6 +24,7 @@ pub fn routes() -> Router<Arc<AdminState>> {
         .route("/cmd/manifest/list", get(manifest_list))
         .route("/cmd/stop", any(stop))
         .route("/admin/v1/prune", post(admin_prune))
+        .route("/admin/v1/status", get(admin_status))
 }
 
 /// Errors of the admin API: one line of text, or `{"error": ...}` for JSON callers.
@@ -289,6 +290,23 @@ async fn admin_prune(
         .await
         .map_err(|e| prune_error(e, true))?;
     Ok(axum::Json(report).into_response())
+}
+
+async fn admin_status(State(state): State<Arc<AdminState>>) -> Result<Response, AdminError> {
+    let svc = service(&state, true)?;
+    let store = svc.store();
+    let stats = store.stats();
+    let volume = fs4::statvfs(store.root()).ok();
+    let status = super::status::CacheStatus {
+        manifests: stats.manifests,
+        blobs: stats.blobs,
+        bytes: stats.bytes,
+        capacity_bytes: volume.as_ref().map(|v| v.total_space()),
+        free_bytes: volume.as_ref().map(|v| v.available_space()),
+        revision: store.revision(),
+        last_prune: svc.last_run(),
+    };
+    Ok(axum::Json(status).into_response())
 }
 
 async fn stop(State(state): State<Arc<AdminState>>) -> Response {

@@ -2,6 +2,7 @@
 //! `/admin/v1/prune`) and the bearer-token gate in front of everything but the probes.
 
 mod cmd;
+pub mod status;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};

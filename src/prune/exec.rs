@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::plan::{Decision, Entry, Inventory, Item, Totals, Volume, plan};
 use super::request::{PruneRequest, RequestError};
@@ -19,7 +19,7 @@ pub enum PruneError {
 }
 
 /// What a prune did (or, dry, would do).
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Report {
     pub dry_run: bool,
@@ -29,7 +29,7 @@ pub struct Report {
     pub totals: Totals,
     pub protected: BTreeMap<String, u64>,
     pub kept: BTreeMap<String, u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
     /// Blobs removed (or to be removed).
     pub blobs: Vec<Digest>,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::exec::{PruneError, Report, run};
 use super::request::PruneRequest;
+use crate::admin::status::PruneSummary;
 use crate::metrics::{Metrics, PruneLabels, RunOutcome, Trigger};
 use crate::store::Store;
 
@@ -13,6 +14,7 @@ pub struct PruneService {
     metrics: Arc<Metrics>,
     /// Runs are serialised: two plans over the same snapshot would double-count.
     lock: tokio::sync::Mutex<()>,
+    last: std::sync::Mutex<Option<PruneSummary>>,
 }
 
 impl PruneService {
@@ -21,6 +23,7 @@ impl PruneService {
             store,
             metrics,
             lock: tokio::sync::Mutex::new(()),
+            last: std::sync::Mutex::new(None),
         }
     }
 
@@ -40,7 +43,24 @@ impl PruneService {
                 }))
             });
         record(&self.metrics, trigger, &result);
+        if let Ok(r) = &result {
+            let summary = PruneSummary {
+                started: r.started,
+                trigger: format!("{trigger:?}"),
+                dry_run: r.dry_run,
+                refused: r.refused.clone(),
+                manifests: r.totals.manifests,
+                blobs: r.totals.blobs,
+                bytes: r.totals.bytes,
+            };
+            *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(summary);
+        }
         result
+    }
+
+    /// The latest successful run (dry, refused or real) since the process started.
+    pub fn last_run(&self) -> Option<PruneSummary> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

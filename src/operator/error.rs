@@ -1,0 +1,53 @@
+//! The operator's error type: one enum for everything a reconcile can hit. Reconcilers never
+//! panic on it; the controllers requeue with backoff and surface it in a condition.
+
+use super::desired::DesiredError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Desired(#[from] DesiredError),
+    #[error("registry pod {pod}: {message}")]
+    Registry { pod: String, message: String },
+    /// The spec passed the schema but cannot be acted on (a bad regex, an unknown time zone).
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    #[error("object has no {0}")]
+    MissingField(&'static str),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl OperatorError {
+    /// A closed label value for the errors metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            OperatorError::Kube(_) => "kube",
+            OperatorError::Desired(_) => "desired",
+            OperatorError::Registry { .. } => "registry",
+            OperatorError::InvalidSpec(_) => "invalid_spec",
+            OperatorError::MissingField(_) => "missing_field",
+            OperatorError::Finalizer(_) => "finalizer",
+        }
+    }
+
+    /// A CamelCase reason for conditions and events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            OperatorError::Kube(_) => "KubernetesAPIError",
+            OperatorError::Desired(_) => "InvalidSpec",
+            OperatorError::Registry { .. } => "RegistryUnreachable",
+            OperatorError::InvalidSpec(_) => "InvalidSpec",
+            OperatorError::MissingField(_) => "MissingField",
+            OperatorError::Finalizer(_) => "FinalizerFailed",
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> From<kube::runtime::finalizer::Error<E>> for OperatorError {
+    fn from(e: kube::runtime::finalizer::Error<E>) -> Self {
+        OperatorError::Finalizer(e.to_string())
+    }
+}
