@@ -10,6 +10,7 @@ pub mod conditions;
 pub mod context;
 pub mod desired;
 pub mod error;
+pub mod leader;
 pub mod metrics;
 pub mod pods;
 
