@@ -236,7 +236,7 @@ async fn run_registry_pod(client: &Client, ns: &str) -> Registry {
     std::mem::forget(token_dir); // the process reads the file at start and on reload
 
     // The Pod the StatefulSet controller would create, declaring the local admin port.
-    let template = sts.spec.as_ref().unwrap().template.clone();
+    let template = sts.spec.template.clone();
     let mut pod_spec = template.spec.clone().unwrap();
     for c in &mut pod_spec.containers {
         for p in c.ports.iter_mut().flatten() {
@@ -252,15 +252,20 @@ async fn run_registry_pod(client: &Client, ns: &str) -> Registry {
         metadata: kube::api::ObjectMeta {
             name: Some(format!("{CACHE}-0")),
             labels: template.metadata.as_ref().and_then(|m| m.labels.clone()),
-            annotations: template.metadata.as_ref().and_then(|m| m.annotations.clone()),
-            owner_references: Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-                api_version: "apps/v1".into(),
-                kind: "StatefulSet".into(),
-                name: CACHE.into(),
-                uid: sts.uid().unwrap(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
+            annotations: template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.annotations.clone()),
+            owner_references: Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    api_version: "apps/v1".into(),
+                    kind: "StatefulSet".into(),
+                    name: CACHE.into(),
+                    uid: sts.uid().unwrap(),
+                    controller: Some(true),
+                    block_owner_deletion: Some(true),
+                },
+            ]),
             ..Default::default()
         },
         spec: Some(pod_spec),
@@ -318,7 +323,7 @@ async fn manifests_held(registry: &Registry, token: &str) -> Vec<String> {
         .await
         .expect("manifest list");
     assert!(resp.status().is_success());
-    let v: Value = resp.json().await.unwrap();
+    let v: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
     v.as_array()
         .cloned()
         .unwrap_or_default()
@@ -411,7 +416,10 @@ async fn operator_end_to_end() {
             services.get_opt(&name).await.ok().flatten()
         })
         .await;
-        assert!(owned_by_cache(&svc.metadata), "{name} is owned by the cache");
+        assert!(
+            owned_by_cache(&svc.metadata),
+            "{name} is owned by the cache"
+        );
     }
     let registry = run_registry_pod(&client, &ns).await;
     for (kind, meta) in [
@@ -449,8 +457,11 @@ async fn operator_end_to_end() {
     // 5. Pulls through the cache; a truthful status.
     for name in ["keep", "drop", "gone"] {
         let out = work.path().join(format!("pulled-{name}"));
-        pull_to_dir(&registry.docker_ref(&format!("{UPSTREAM}/e2e/{name}:1")), &out)
-            .expect("pull through the cache");
+        pull_to_dir(
+            &registry.docker_ref(&format!("{UPSTREAM}/e2e/{name}:1")),
+            &out,
+        )
+        .expect("pull through the cache");
     }
     let status = eventually("a Ready ImageCache counting 3 images", WAIT, || async {
         let s = caches.get(CACHE).await.ok()?.status?;
@@ -473,9 +484,15 @@ async fn operator_end_to_end() {
         "{status:?}"
     );
     let table = kubectl(&["get", "imagecaches", "-n", &ns]);
-    assert_columns(&table, &["NAME", "READY", "IMAGES", "SIZE", "ENDPOINT", "AGE"]);
+    assert_columns(
+        &table,
+        &["NAME", "READY", "IMAGES", "SIZE", "ENDPOINT", "AGE"],
+    );
     let row = table.lines().nth(1).unwrap_or_default();
-    assert!(row.starts_with(CACHE) && row.contains("True") && row.contains(" 3 "), "{table}");
+    assert!(
+        row.starts_with(CACHE) && row.contains("True") && row.contains(" 3 "),
+        "{table}"
+    );
 
     // 6. CachedImage objects appear, one per manifest, naming the pod.
     let cimgs: Api<CachedImage> = Api::namespaced(client.clone(), &ns);
@@ -492,7 +509,15 @@ async fn operator_end_to_end() {
     let table = kubectl(&["get", "cachedimages", "-n", &ns]);
     assert_columns(
         &table,
-        &["NAME", "REFERENCE", "TAGS", "SIZE", "PODS", "LAST-PULLED", "AGE"],
+        &[
+            "NAME",
+            "REFERENCE",
+            "TAGS",
+            "SIZE",
+            "PODS",
+            "LAST-PULLED",
+            "AGE",
+        ],
     );
 
     // 7. Deleting a CachedImage prunes that image from the cache (finalizer first).
@@ -510,7 +535,9 @@ async fn operator_end_to_end() {
     })
     .await;
     assert!(
-        !manifests_held(&registry, &token).await.contains(&digests["gone"]),
+        !manifests_held(&registry, &token)
+            .await
+            .contains(&digests["gone"]),
         "deleting the CachedImage pruned the image"
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -545,27 +572,56 @@ async fn operator_end_to_end() {
     }))
     .unwrap();
     policies.create(&PostParams::default(), &pp).await.unwrap();
-    let ran = eventually("a scheduled PrunePolicy run", Duration::from_secs(150), || async {
-        let s = policies.get("every-minute").await.ok()?.status?;
-        s.last_run.clone().filter(|r| r.completion_time.is_some()).map(|r| (s, r))
-    })
+    let ran = eventually(
+        "a scheduled PrunePolicy run",
+        Duration::from_secs(150),
+        || async {
+            let s = policies.get("every-minute").await.ok()?.status?;
+            s.last_run
+                .clone()
+                .filter(|r| r.completion_time.is_some())
+                .map(|r| (s, r))
+        },
+    )
     .await;
     let (pp_status, run) = ran;
     assert_eq!(run.result.as_deref(), Some("Succeeded"), "{run:?}");
-    assert_eq!(run.totals.manifests, 1, "only the unused image goes: {run:?}");
+    assert_eq!(
+        run.totals.manifests, 1,
+        "only the unused image goes: {run:?}"
+    );
     assert_eq!(run.totals.protected.get("inUse"), Some(&1), "{run:?}");
     assert!(pp_status.last_schedule_time.is_some() && pp_status.next_schedule_time.is_some());
     let held_now = manifests_held(&registry, &token).await;
-    assert!(held_now.contains(&digests["keep"]), "the in-use image survives");
-    assert!(!held_now.contains(&digests["drop"]), "the unused image is pruned");
+    assert!(
+        held_now.contains(&digests["keep"]),
+        "the in-use image survives"
+    );
+    assert!(
+        !held_now.contains(&digests["drop"]),
+        "the unused image is pruned"
+    );
     let table = kubectl(&["get", "prunepolicies", "-n", &ns]);
     assert_columns(
         &table,
-        &["NAME", "CACHE", "SCHEDULE", "DRY-RUN", "LAST RUN", "PRUNED", "RECLAIMED", "NEXT"],
+        &[
+            "NAME",
+            "CACHE",
+            "SCHEDULE",
+            "DRY-RUN",
+            "LAST RUN",
+            "PRUNED",
+            "RECLAIMED",
+            "NEXT",
+        ],
     );
     eventually("the pruned image's CachedImage to go", WAIT, || async {
         let list = cimgs.list(&Default::default()).await.ok()?;
-        let left: Vec<String> = list.items.iter().map(|c| c.spec.digest.to_string()).collect();
+        let left: Vec<String> = list
+            .items
+            .iter()
+            .map(|c| c.spec.digest.to_string())
+            .collect();
         (left == vec![digests["keep"].clone()]).then_some(())
     })
     .await;

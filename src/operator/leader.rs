@@ -166,7 +166,11 @@ impl Elector {
         let written = match step {
             Step::Create => self.api.create(&PostParams::default(), &lease).await,
             // `replace` sends the resourceVersion we read: a concurrent writer makes it 409.
-            _ => self.api.replace(&self.name, &PostParams::default(), &lease).await,
+            _ => {
+                self.api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await
+            }
         };
         match written {
             Ok(_) => {
@@ -239,7 +243,11 @@ impl Elector {
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(MicroTime(Timestamp::now()));
-        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => tracing::info!(lease = %self.name, "released leadership"),
             Err(e) => tracing::warn!(lease = %self.name, error = %e, "could not release the lease"),
         }
@@ -319,7 +327,10 @@ mod tests {
             (first, second)
         });
         let path = "/apis/coordination.k8s.io/v1/namespaces/ns/leases";
-        server.expect(Method::GET, &format!("{path}/op")).await.not_found();
+        server
+            .expect(Method::GET, &format!("{path}/op"))
+            .await
+            .not_found();
         let create = server.expect(Method::POST, path).await;
         assert_eq!(create.body["spec"]["holderIdentity"], "a");
         assert_eq!(create.body["spec"]["leaseTransitions"], 0);
