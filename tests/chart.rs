@@ -57,7 +57,9 @@ fn driver(args: &[&str]) -> Option<Output> {
 }
 
 fn set_args(sets: &[&str]) -> Vec<String> {
-    sets.iter().flat_map(|s| ["--set".to_owned(), (*s).to_owned()]).collect()
+    sets.iter()
+        .flat_map(|s| ["--set".to_owned(), (*s).to_owned()])
+        .collect()
 }
 
 /// The rendered objects for `--set` expressions (must succeed).
@@ -110,7 +112,11 @@ fn all<'a>(objs: &'a [Value], kind: &str) -> Vec<&'a Value> {
 
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -195,8 +201,15 @@ fn default_values_render_the_operator_and_a_working_mirror() {
     assert_eq!(deploy["metadata"]["namespace"], NAMESPACE);
     assert_eq!(deploy["spec"]["replicas"], 1);
     let c = container(deploy);
-    let image = format!("ghcr.io/imagecache/imagecache:{}", env!("CARGO_PKG_VERSION"));
-    assert_eq!(c["image"], image.as_str(), "appVersion follows the crate version");
+    let image = format!(
+        "ghcr.io/imagecache/imagecache:{}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(
+        c["image"],
+        image.as_str(),
+        "appVersion follows the crate version"
+    );
     assert_eq!(
         strings(&c["args"]),
         [
@@ -210,7 +223,10 @@ fn default_values_render_the_operator_and_a_working_mirror() {
             "--log-format=json",
         ]
     );
-    assert_eq!(env_value(c, "IMAGECACHE_REGISTRY_IMAGE")["value"], image.as_str());
+    assert_eq!(
+        env_value(c, "IMAGECACHE_REGISTRY_IMAGE")["value"],
+        image.as_str()
+    );
     assert_eq!(
         env_value(c, "POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
         "metadata.name"
@@ -232,7 +248,10 @@ fn default_values_render_the_operator_and_a_working_mirror() {
     // The metrics Service selects exactly the operator's pods.
     let svc = one(&objs, "Service");
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], "http-metrics");
-    assert_eq!(svc["spec"]["selector"], deploy["spec"]["selector"]["matchLabels"]);
+    assert_eq!(
+        svc["spec"]["selector"],
+        deploy["spec"]["selector"]["matchLabels"]
+    );
 
     // The default mirror: four upstreams, node mirroring on, and a spec the CRD type accepts
     // field for field (a misspelt key would vanish in the round trip).
@@ -306,7 +325,10 @@ fn custom_values_render_two_elected_replicas_a_service_monitor_and_no_mirror() {
     assert_eq!(c["image"], image);
     assert_eq!(env_value(c, "IMAGECACHE_REGISTRY_IMAGE")["value"], image);
     assert!(strings(&c["args"]).contains(&"--leader-elect=true".to_owned()));
-    assert_eq!(deploy["metadata"]["labels"]["app.kubernetes.io/version"], "v9.9.9");
+    assert_eq!(
+        deploy["metadata"]["labels"]["app.kubernetes.io/version"],
+        "v9.9.9"
+    );
     one(&objs, "Role");
 
     let sm = one(&objs, "ServiceMonitor");
@@ -317,7 +339,10 @@ fn custom_values_render_two_elected_replicas_a_service_monitor_and_no_mirror() {
     let svc = one(&objs, "Service");
     let svc_labels = &svc["metadata"]["labels"];
     for (k, v) in sm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
-        assert_eq!(&svc_labels[k], v, "the ServiceMonitor selects the metrics Service");
+        assert_eq!(
+            &svc_labels[k], v,
+            "the ServiceMonitor selects the metrics Service"
+        );
     }
 }
 
@@ -347,14 +372,29 @@ fn without_leader_election_or_with_a_watch_namespace_the_rights_shrink() {
 fn bad_values_are_refused_by_the_schema() {
     let cases: &[(&[&str], &[&str])] = &[
         (&["operator.replica=3"], &["'replica' not allowed"]),
-        (&["operator.replicas=abc"], &["/operator/replicas", "want integer"]),
-        (&["operator.replicas=-1"], &["/operator/replicas", "minimum"]),
         (
-            &["operator.replicas=2", "operator.leaderElection.enabled=false"],
+            &["operator.replicas=abc"],
+            &["/operator/replicas", "want integer"],
+        ),
+        (
+            &["operator.replicas=-1"],
+            &["/operator/replicas", "minimum"],
+        ),
+        (
+            &[
+                "operator.replicas=2",
+                "operator.leaderElection.enabled=false",
+            ],
             &["/operator/replicas", "maximum"],
         ),
-        (&["mirror.nodeMirror.runtime=docker"], &["/mirror/nodeMirror/runtime"]),
-        (&["mirror.service.nodePort=30080"], &["/mirror/service/type", "NodePort"]),
+        (
+            &["mirror.nodeMirror.runtime=docker"],
+            &["/mirror/nodeMirror/runtime"],
+        ),
+        (
+            &["mirror.service.nodePort=30080"],
+            &["/mirror/service/type", "NodePort"],
+        ),
         (&["mirror.tagTTL=soon"], &["/mirror/tagTTL"]),
         (&["surprise=1"], &["'surprise' not allowed"]),
     ];
@@ -396,12 +436,29 @@ fn expect(out: &mut BTreeSet<Grant>, group: &str, resources: &[&str], verbs: &[&
 #[test]
 fn cluster_roles_grant_exactly_what_the_operator_uses() {
     let Some(objs) = render(&[]) else { return };
-    let rw = ["get", "list", "watch", "create", "patch", "update", "delete"];
+    let rw = [
+        "get", "list", "watch", "create", "patch", "update", "delete",
+    ];
     let ro = ["get", "list", "watch"];
     let mut want = BTreeSet::new();
-    expect(&mut want, "imagecache.io", &["imagecaches", "prunepolicies"], &ro);
-    expect(&mut want, "imagecache.io", &["imagecaches/status"], &["get", "patch", "update"]);
-    expect(&mut want, "imagecache.io", &["prunepolicies/status", "cachedimages/status"], &["patch"]);
+    expect(
+        &mut want,
+        "imagecache.io",
+        &["imagecaches", "prunepolicies"],
+        &ro,
+    );
+    expect(
+        &mut want,
+        "imagecache.io",
+        &["imagecaches/status"],
+        &["get", "patch", "update"],
+    );
+    expect(
+        &mut want,
+        "imagecache.io",
+        &["prunepolicies/status", "cachedimages/status"],
+        &["patch"],
+    );
     expect(&mut want, "imagecache.io", &["cachedimages"], &rw);
     expect(
         &mut want,
@@ -413,7 +470,12 @@ fn cluster_roles_grant_exactly_what_the_operator_uses() {
     expect(&mut want, "", &["services", "configmaps", "secrets"], &rw);
     expect(&mut want, "policy", &["poddisruptionbudgets"], &rw);
     expect(&mut want, "", &["pods"], &ro);
-    expect(&mut want, "events.k8s.io", &["events"], &["create", "patch"]);
+    expect(
+        &mut want,
+        "events.k8s.io",
+        &["events"],
+        &["create", "patch"],
+    );
     expect(&mut want, "", &["events"], &["create", "patch"]);
     expect(&mut want, "apps", &["deployments", "replicasets"], &ro);
     expect(&mut want, "batch", &["jobs", "cronjobs"], &ro);
@@ -486,7 +548,12 @@ fn every_object_carries_the_recommended_labels() {
         ]);
         let mut labelled: Vec<(String, &Value)> = objs
             .iter()
-            .map(|o| (format!("{} {}", o["kind"], o["metadata"]["name"]), &o["metadata"]["labels"]))
+            .map(|o| {
+                (
+                    format!("{} {}", o["kind"], o["metadata"]["name"]),
+                    &o["metadata"]["labels"],
+                )
+            })
             .collect();
         let deploy = one(&objs, "Deployment");
         labelled.push((
@@ -522,15 +589,24 @@ fn chart_crds_are_byte_identical_to_crds() {
     for name in &names {
         let a = std::fs::read(src.join(name)).unwrap();
         let b = std::fs::read(chart.join(name)).unwrap();
-        assert!(a == b, "charts/imagecache/crds/{name} differs from crds/{name}; {REFRESH}");
+        assert!(
+            a == b,
+            "charts/imagecache/crds/{name} differs from crds/{name}; {REFRESH}"
+        );
     }
 }
 
 #[test]
 fn deploy_manifests_are_what_the_chart_renders() {
     const REGENERATE: &str = "regenerate with `scripts/render-chart deploy --write`";
-    let Some(out) = driver(&["deploy", "--json"]) else { return };
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let Some(out) = driver(&["deploy", "--json"]) else {
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let files: BTreeMap<String, String> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         files.keys().collect::<Vec<_>>(),
@@ -551,7 +627,10 @@ fn deploy_manifests_are_what_the_chart_renders() {
     }
     // Spot checks of content: every CRD, the operator without a mirror, the mirror alone.
     for crd in yaml_names(&root().join("crds")) {
-        assert!(files["crds.yaml"].contains(&format!("# Source: imagecache/crds/{crd}\n")), "{crd}");
+        assert!(
+            files["crds.yaml"].contains(&format!("# Source: imagecache/crds/{crd}\n")),
+            "{crd}"
+        );
     }
     assert!(files["operator.yaml"].contains("kind: Namespace\n"));
     assert!(files["operator.yaml"].contains("kind: Deployment\n"));
@@ -568,9 +647,15 @@ fn dockerfile_is_multi_stage_non_root_with_one_entrypoint() {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect();
-    let froms: Vec<usize> = (0..lines.len()).filter(|&i| lines[i].starts_with("FROM ")).collect();
+    let froms: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("FROM "))
+        .collect();
     assert!(froms.len() >= 2, "multi-stage: {} FROM lines", froms.len());
-    assert!(lines[froms[0]].ends_with(" AS build"), "{}", lines[froms[0]]);
+    assert!(
+        lines[froms[0]].ends_with(" AS build"),
+        "{}",
+        lines[froms[0]]
+    );
     assert!(text.contains("cargo build --release --locked"));
 
     let last = &lines[*froms.last().unwrap()..];
@@ -585,13 +670,20 @@ fn dockerfile_is_multi_stage_non_root_with_one_entrypoint() {
         Some(desired::RUN_AS_USER),
         "USER {user}: numeric and the uid the chart and the registry pods run as"
     );
-    let entrypoints: Vec<&&str> = last.iter().filter(|l| l.starts_with("ENTRYPOINT ")).collect();
+    let entrypoints: Vec<&&str> = last
+        .iter()
+        .filter(|l| l.starts_with("ENTRYPOINT "))
+        .collect();
     assert_eq!(entrypoints.len(), 1);
-    assert_eq!(*entrypoints[0], r#"ENTRYPOINT ["/usr/local/bin/imagecache"]"#);
+    assert_eq!(
+        *entrypoints[0],
+        r#"ENTRYPOINT ["/usr/local/bin/imagecache"]"#
+    );
     // Registry pods run `command: [imagecache]`: the binary must be on the image's PATH.
     assert!(
-        last.iter()
-            .any(|l| l.starts_with("COPY --from=build") && l.ends_with(" /usr/local/bin/imagecache"))
+        last.iter().any(
+            |l| l.starts_with("COPY --from=build") && l.ends_with(" /usr/local/bin/imagecache")
+        )
     );
     // The build context is only what the build needs.
     let ignore = std::fs::read_to_string(root().join(".dockerignore")).unwrap();
