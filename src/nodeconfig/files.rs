@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::NodeConfigError;
 use super::render::{
-    self, CRIO_PREFIX, CRIO_SUFFIX, HOSTS_TOML, Mirror, Registry, Runtime, is_ours,
-    recorded_mirror,
+    self, CRIO_PREFIX, CRIO_SUFFIX, HOSTS_TOML, Mirror, Registry, Runtime, is_ours, recorded_mirror,
 };
 
 /// What happened to one file.
@@ -286,7 +285,13 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
         let m = mirror("http://10.0.0.1:5000");
-        let r = apply(dir, Runtime::Containerd, &regs(&["docker.io", "quay.io"]), &m).unwrap();
+        let r = apply(
+            dir,
+            Runtime::Containerd,
+            &regs(&["docker.io", "quay.io"]),
+            &m,
+        )
+        .unwrap();
         assert_eq!(
             outcomes(&r, dir),
             pairs(&[
@@ -294,7 +299,13 @@ mod tests {
                 ("wrote", "quay.io/hosts.toml")
             ])
         );
-        let r = apply(dir, Runtime::Containerd, &regs(&["docker.io", "quay.io"]), &m).unwrap();
+        let r = apply(
+            dir,
+            Runtime::Containerd,
+            &regs(&["docker.io", "quay.io"]),
+            &m,
+        )
+        .unwrap();
         assert_eq!(
             outcomes(&r, dir),
             pairs(&[
@@ -391,8 +402,13 @@ mod tests {
         let m = mirror("http://10.0.0.1:5000");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("000-shortnames.conf"), "[aliases]\n").unwrap();
-        let r = apply(&dir, Runtime::Crio, &regs(&["docker.io", "registry.local:5000"]), &m)
-            .unwrap();
+        let r = apply(
+            &dir,
+            Runtime::Crio,
+            &regs(&["docker.io", "registry.local:5000"]),
+            &m,
+        )
+        .unwrap();
         assert_eq!(
             outcomes(&r, &dir),
             pairs(&[
@@ -421,7 +437,11 @@ mod tests {
     fn uninstall_of_a_missing_dir_is_a_no_op_and_io_errors_name_the_path() {
         let tmp = tempfile::tempdir().unwrap();
         let missing = tmp.path().join("nope");
-        assert!(uninstall(&missing, Runtime::Containerd, &[]).unwrap().is_empty());
+        assert!(
+            uninstall(&missing, Runtime::Containerd, &[])
+                .unwrap()
+                .is_empty()
+        );
         // The hosts dir is a file: apply cannot create it and says where.
         let file = tmp.path().join("file");
         std::fs::write(&file, "x").unwrap();

@@ -202,9 +202,8 @@ mod tests {
 
     #[test]
     fn operations_from_options() {
-        let op =
-            Operation::from_options(&options(Some("http://10.0.0.1:5000"), &["docker.io"]))
-                .unwrap();
+        let op = Operation::from_options(&options(Some("http://10.0.0.1:5000"), &["docker.io"]))
+            .unwrap();
         let Operation::Apply { dir, .. } = op else {
             panic!("not apply")
         };

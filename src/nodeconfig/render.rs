@@ -25,10 +25,10 @@ pub const HOSTS_TOML: &str = "hosts.toml";
 /// The container runtime of the node.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Runtime {
-    /// containerd: `<dir>/<registry>/hosts.toml`.
+    /// `<dir>/<registry>/hosts.toml`.
     #[default]
     Containerd,
-    /// CRI-O (containers-registries.conf v2): `<dir>/imagecache-<registry>.conf`.
+    /// CRI-O, registries.conf v2 drop-ins: `<dir>/imagecache-<registry>.conf`.
     Crio,
 }
 
@@ -66,7 +66,9 @@ impl Mirror {
         } else if lower.contains("://") {
             return Err(bad("the scheme must be http:// or https://"));
         } else {
-            return Err(bad("needs a scheme: http://HOST[:PORT] or https://HOST[:PORT]"));
+            return Err(bad(
+                "needs a scheme: http://HOST[:PORT] or https://HOST[:PORT]",
+            ));
         };
         let authority = rest.strip_suffix('/').unwrap_or(rest);
         if authority.contains(['/', '?', '#', '@']) {
@@ -390,12 +392,16 @@ mod tests {
             recorded_mirror(f.content.as_bytes()).as_deref(),
             Some("http://10.0.0.1:5000")
         );
-        assert!(is_ours(b"# Managed by imagecache node-config\r\nserver = \"x\"\n"));
+        assert!(is_ours(
+            b"# Managed by imagecache node-config\r\nserver = \"x\"\n"
+        ));
         assert!(!is_ours(b"server = \"https://ghcr.io\"\n"));
         assert!(!is_ours(
             b"# hand-written\n# Managed by imagecache node-config\n"
         ));
-        assert!(!is_ours(b"# Managed by imagecache node-config, not really\n"));
+        assert!(!is_ours(
+            b"# Managed by imagecache node-config, not really\n"
+        ));
         assert!(!is_ours(b""));
         assert_eq!(recorded_mirror(b"server = \"x\"\n"), None);
     }
@@ -406,15 +412,27 @@ mod tests {
             reg("docker.io").upstream_url(),
             "https://registry-1.docker.io"
         );
-        assert_eq!(reg("registry.k8s.io").upstream_url(), "https://registry.k8s.io");
+        assert_eq!(
+            reg("registry.k8s.io").upstream_url(),
+            "https://registry.k8s.io"
+        );
         assert_eq!(reg("ghcr.io").upstream_url(), "https://ghcr.io");
     }
 
     #[test]
     fn mirror_urls() {
-        assert_eq!(mirror("http://10.96.0.12:5000").url(), "http://10.96.0.12:5000");
-        assert_eq!(mirror(" HTTP://Cache.Local:80/ ").url(), "http://cache.local:80");
-        assert_eq!(mirror("http://[fd00::1]:5000").authority(), "[fd00::1]:5000");
+        assert_eq!(
+            mirror("http://10.96.0.12:5000").url(),
+            "http://10.96.0.12:5000"
+        );
+        assert_eq!(
+            mirror(" HTTP://Cache.Local:80/ ").url(),
+            "http://cache.local:80"
+        );
+        assert_eq!(
+            mirror("http://[fd00::1]:5000").authority(),
+            "[fd00::1]:5000"
+        );
         assert!(mirror("http://x.y").is_plain_http());
         assert!(!mirror("https://x.y").is_plain_http());
         for bad in [
