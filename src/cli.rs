@@ -35,6 +35,50 @@ pub enum Command {
     /// Print the operator's CustomResourceDefinitions (multi-document YAML), or write them to a
     /// directory as `<plural>.imagecache.io.yaml`.
     Crds(CrdsArgs),
+    /// Point this node's container runtime at the mirror: containerd `hosts.toml` files or CRI-O
+    /// registries.conf drop-ins, one per registry, marked as ours.
+    NodeConfig(NodeConfigArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct NodeConfigArgs {
+    /// The mirror's URL, e.g. `http://10.96.0.12:5000` (not needed with --uninstall).
+    #[arg(long, value_name = "URL")]
+    pub mirror: Option<String>,
+    /// A registry to pull through the mirror (`docker.io`, `registry.local:5000`); repeatable
+    /// and comma-separated. With --uninstall: only these (default: every file of ours).
+    #[arg(long = "registry", value_name = "HOST[:PORT]")]
+    pub registries: Vec<String>,
+    /// The node's container runtime.
+    #[arg(long, value_enum, default_value_t)]
+    pub runtime: crate::nodeconfig::Runtime,
+    /// Where the runtime reads registry configuration (default: `/etc/containerd/certs.d`, or
+    /// `/etc/containers/registries.conf.d` for crio).
+    #[arg(long, value_name = "DIR")]
+    pub hosts_dir: Option<PathBuf>,
+    /// Remove our files instead of writing them (files without our marker are never touched).
+    #[arg(long)]
+    pub uninstall: bool,
+    /// Keep running and re-apply every --interval, until SIGTERM or SIGINT (exit 0, files kept).
+    #[arg(long)]
+    pub stay: bool,
+    /// How often --stay re-applies.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5m")]
+    pub interval: Duration,
+}
+
+impl NodeConfigArgs {
+    pub fn options(&self) -> crate::nodeconfig::Options {
+        crate::nodeconfig::Options {
+            mirror: self.mirror.clone(),
+            registries: self.registries.clone(),
+            runtime: self.runtime,
+            hosts_dir: self.hosts_dir.clone(),
+            uninstall: self.uninstall,
+            stay: self.stay,
+            interval: self.interval,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -166,6 +210,8 @@ pub enum CliError {
     Load(#[from] crate::load::LoadError),
     #[error(transparent)]
     Crds(#[from] crate::crd::CrdError),
+    #[error(transparent)]
+    NodeConfig(#[from] crate::nodeconfig::NodeConfigError),
 }
 
 /// The registry configuration: a file and a flag for every key; flags win over the file.
@@ -423,6 +469,7 @@ pub fn run() -> Result<(), CliError> {
             }
             None => print(crate::crd::to_multi_yaml()?),
         },
+        Command::NodeConfig(args) => Ok(crate::nodeconfig::run(&args.options())?),
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`registry`]: the distribution pull API over the store and the upstreams.
 //! - [`admin`]: health, readiness, metrics and the admin token gate; [`metrics`]: the families.
 //! - [`server`]: wiring for `imagecache serve`.
+//! - [`nodeconfig`]: `imagecache node-config`, the node's containerd/CRI-O mirror files.
 //! - [`operator`]: the ImageCache operator (desired state of the children it owns).
 #![forbid(unsafe_code)]
 
@@ -21,6 +22,7 @@ pub mod imageapi;
 pub mod listing;
 pub mod load;
 pub mod metrics;
+pub mod nodeconfig;
 pub mod operator;
 pub mod prune;
 pub mod reference;
