@@ -9,7 +9,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{DURATION_PATTERN, NAME_PATTERN, PLATFORM_PATTERN};
+use super::{DURATION_PATTERN, NAME_PATTERN, PLATFORM_PATTERN, STORAGE_SIZE_PATTERN};
 
 /// The desired cache: its pods, volumes, upstreams and how nodes and clients reach it.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -107,6 +107,7 @@ fn default_replicas() -> i32 {
 pub struct StorageSpec {
     /// Size of each pod's volume claim (`20Gi`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = STORAGE_SIZE_PATTERN))]
     pub size: Option<Quantity>,
     /// Storage class of the claims (the cluster default when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
