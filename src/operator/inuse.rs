@@ -364,15 +364,24 @@ mod tests {
         let c: Deployment = obj(json!({"metadata": {"name": "c"},
             "spec": {"selector": {}, "template": {"spec": {"containers": [{"name": "x"}]}}}}));
         let no_spec: Pod = obj(json!({"metadata": {"name": "p"}}));
-        assert_eq!(in_use([&a as &dyn PodImages, &b, &c, &no_spec]), ["nginx:1.27"]);
+        assert_eq!(
+            in_use([&a as &dyn PodImages, &b, &c, &no_spec]),
+            ["nginx:1.27"]
+        );
     }
 
     #[test]
     fn runtime_prefixes() {
-        assert_eq!(strip_runtime_prefix("docker-pullable://a@sha256:x"), "a@sha256:x");
+        assert_eq!(
+            strip_runtime_prefix("docker-pullable://a@sha256:x"),
+            "a@sha256:x"
+        );
         assert_eq!(strip_runtime_prefix("docker://sha256:x"), "sha256:x");
         assert_eq!(strip_runtime_prefix(" nginx:1.27 "), "nginx:1.27");
-        assert_eq!(strip_runtime_prefix("localhost:5000/a:1"), "localhost:5000/a:1");
+        assert_eq!(
+            strip_runtime_prefix("localhost:5000/a:1"),
+            "localhost:5000/a:1"
+        );
     }
 
     #[test]

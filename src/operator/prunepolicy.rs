@@ -34,7 +34,7 @@ use super::pods::{self, RegistryPod};
 use crate::crd::{ImageCache, PrunePolicy, PrunePolicySpec, PrunePolicyStatus};
 use crate::prune::{PruneRequest, RequestError};
 use crate::schedule::{Schedule, ScheduleError};
-use due::{Due, Reason, RUN_NOW};
+use due::{Due, RUN_NOW, Reason};
 use outcome::{Health, PodResult};
 
 /// How soon a policy whose ImageCache is missing looks again.
@@ -43,11 +43,9 @@ pub const CACHE_RETRY: Duration = Duration::from_secs(60);
 /// Checks what the CRD schema cannot: the cron expression, the time zone and the prune
 /// request (regexes, label selectors, quantities). The message names every bad field.
 pub fn validate(spec: &PrunePolicySpec) -> Result<Schedule, String> {
-    let schedule = Schedule::cron(&spec.schedule, spec.time_zone.as_deref()).map_err(|e| {
-        match e {
-            ScheduleError::TimeZone(_) => format!("spec.timeZone: {e}"),
-            _ => format!("spec.schedule: {e}"),
-        }
+    let schedule = Schedule::cron(&spec.schedule, spec.time_zone.as_deref()).map_err(|e| match e {
+        ScheduleError::TimeZone(_) => format!("spec.timeZone: {e}"),
+        _ => format!("spec.schedule: {e}"),
     });
     let request = spec.request.compile().map_err(|e| {
         let field = match &e {
@@ -81,7 +79,9 @@ fn inputs(pp: &PrunePolicy) -> due::Inputs<'_> {
     let status = pp.status.as_ref();
     due::Inputs {
         suspend: pp.spec.suspend,
-        last_schedule_time: status.and_then(|s| s.last_schedule_time.as_ref()).map(|t| t.0),
+        last_schedule_time: status
+            .and_then(|s| s.last_schedule_time.as_ref())
+            .map(|t| t.0),
         run_now: pp.annotations().get(RUN_NOW).map(String::as_str),
         last_manual_run: status.and_then(|s| s.last_manual_run.as_deref()),
         created: pp.metadata.creation_timestamp.as_ref().map(|t| t.0),
@@ -157,7 +157,14 @@ async fn reconcile_policy(cached: &PrunePolicy, ctx: &Context) -> Result<Action,
             let status = outcome::with_health(&old, Health::InvalidSpec(&msg), generation, now);
             update_status(ctx, pp, &old, &status).await?;
             if outcome::ready_changed(&old, &status) {
-                publish(ctx, pp, EventType::Warning, outcome::REASON_INVALID_SPEC, msg).await;
+                publish(
+                    ctx,
+                    pp,
+                    EventType::Warning,
+                    outcome::REASON_INVALID_SPEC,
+                    msg,
+                )
+                .await;
             }
             // Nothing changes until the spec does.
             return Ok(Action::await_change());
@@ -166,12 +173,18 @@ async fn reconcile_policy(cached: &PrunePolicy, ctx: &Context) -> Result<Action,
     let caches: Api<ImageCache> = Api::namespaced(ctx.client.clone(), &ns);
     let cache_name = &pp.spec.cache_ref.name;
     let Some(cache) = caches.get_opt(cache_name).await? else {
-        let status =
-            outcome::with_health(&old, Health::CacheNotFound(cache_name), generation, now);
+        let status = outcome::with_health(&old, Health::CacheNotFound(cache_name), generation, now);
         update_status(ctx, pp, &old, &status).await?;
         if outcome::ready_changed(&old, &status) {
             let note = format!("ImageCache {cache_name} not found in namespace {ns}");
-            publish(ctx, pp, EventType::Warning, outcome::REASON_CACHE_NOT_FOUND, note).await;
+            publish(
+                ctx,
+                pp,
+                EventType::Warning,
+                outcome::REASON_CACHE_NOT_FOUND,
+                note,
+            )
+            .await;
         }
         return Ok(Action::requeue(CACHE_RETRY.min(due.requeue)));
     };
@@ -289,13 +302,7 @@ async fn update_status(
 }
 
 /// Publishes an event on the policy; a failure is logged, not fatal.
-async fn publish(
-    ctx: &Context,
-    pp: &PrunePolicy,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
+async fn publish(ctx: &Context, pp: &PrunePolicy, type_: EventType, reason: &str, note: String) {
     let event = Event {
         type_,
         reason: reason.to_owned(),

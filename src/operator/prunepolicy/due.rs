@@ -317,7 +317,11 @@ mod tests {
         let ran = ran_at("2026-10-25T00:30:00Z");
         let d = decide(&s, &ran, ts("2026-10-25T01:30:00Z"));
         assert_eq!(d.run, None);
-        assert_eq!(d.next, Some(ts("2026-10-26T01:30:00Z")), "02:30 CET next day");
+        assert_eq!(
+            d.next,
+            Some(ts("2026-10-26T01:30:00Z")),
+            "02:30 CET next day"
+        );
     }
 
     #[test]

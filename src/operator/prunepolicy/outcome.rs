@@ -106,7 +106,11 @@ pub fn summarize(
                     continue;
                 }
                 // A manifest held by several pods is listed once.
-                for item in report.items.iter().filter(|i| i.decision == Decision::Prune) {
+                for item in report
+                    .items
+                    .iter()
+                    .filter(|i| i.decision == Decision::Prune)
+                {
                     if !seen.insert(item.digest.clone()) {
                         continue;
                     }
@@ -311,4 +315,233 @@ fn protected_text(p: &BTreeMap<String, i64>) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prune::{Item, Totals};
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn digest(n: u32) -> String {
+        format!("sha256:{n:064x}")
+    }
+
+    fn item(n: u32, decision: Decision, reason: &str) -> Item {
+        Item {
+            reference: format!("docker.io/library/app:{n}"),
+            digest: digest(n).parse().unwrap(),
+            decision,
+            reason: reason.to_owned(),
+        }
+    }
+
+    fn report(items: Vec<Item>, manifests: u64, bytes: u64) -> Report {
+        Report {
+            dry_run: false,
+            items,
+            totals: Totals {
+                manifests,
+                blobs: manifests * 2,
+                bytes,
+            },
+            protected: BTreeMap::from([("inUse".to_owned(), 2), ("minAge".to_owned(), 1)]),
+            kept: BTreeMap::from([("keepPattern".to_owned(), 3)]),
+            refused: None,
+            blobs: Vec::new(),
+            started: ts("2026-01-01T03:00:00Z"),
+            duration_ms: 12,
+        }
+    }
+
+    const T0: &str = "2026-01-01T03:00:00Z";
+    const T1: &str = "2026-01-01T03:00:07Z";
+
+    #[test]
+    fn totals_are_summed_over_pods_and_items_listed_once() {
+        let a = report(
+            vec![
+                item(1, Decision::Prune, "unusedFor"),
+                item(2, Decision::Protected, "inUse"),
+                item(3, Decision::Prune, "childOfPrunedIndex"),
+            ],
+            2,
+            3 << 30,
+        );
+        let b = report(vec![item(1, Decision::Prune, "unusedFor")], 1, 512 << 20);
+        let run = summarize(
+            &[("cache-0".into(), Ok(a)), ("cache-1".into(), Ok(b))],
+            false,
+            ts(T0),
+            ts(T1),
+        );
+        assert_eq!(run.result.as_deref(), Some(SUCCEEDED));
+        assert_eq!(run.totals.manifests, 3);
+        assert_eq!(run.totals.blobs, 6);
+        assert_eq!(run.totals.bytes, (3 << 30) + (512 << 20));
+        assert_eq!(run.totals.reclaimed.as_deref(), Some("3.5GiB"));
+        assert_eq!(run.totals.kept, 6);
+        assert_eq!(
+            run.totals.protected,
+            BTreeMap::from([("inUse".to_owned(), 4), ("minAge".to_owned(), 2)])
+        );
+        assert_eq!(run.per_pod.len(), 2);
+        assert_eq!(run.per_pod[1].totals.reclaimed.as_deref(), Some("512MiB"));
+        let digests: Vec<&str> = run.items.iter().map(|i| i.digest.as_str()).collect();
+        assert_eq!(digests, [digest(1), digest(3)], "pruned only, each once");
+        assert_eq!(run.items[0].decision, "pruned");
+        assert_eq!(run.items[0].reason.as_deref(), Some("unusedFor"));
+        assert!(!run.items_truncated);
+        assert_eq!(run.start_time, Some(Time(ts(T0))));
+        assert_eq!(run.completion_time, Some(Time(ts(T1))));
+        assert_eq!(
+            run.message.as_deref(),
+            Some(
+                "pruned 3 manifests and 6 blobs (3.5GiB) on 2 pods; kept 6, protected inUse=4 minAge=2"
+            )
+        );
+    }
+
+    #[test]
+    fn a_failed_pod_fails_the_run_and_the_others_still_count() {
+        let run = summarize(
+            &[
+                ("cache-0".into(), Ok(report(vec![], 2, 2048))),
+                ("cache-1".into(), Err("HTTP 500: disk full".into())),
+                ("cache-2".into(), Err("pod not ready".into())),
+            ],
+            true,
+            ts(T0),
+            ts(T1),
+        );
+        assert_eq!(run.result.as_deref(), Some(FAILED));
+        assert!(run.dry_run);
+        assert_eq!(
+            run.message.as_deref(),
+            Some("2 of 3 pods failed: cache-1: HTTP 500: disk full; cache-2: pod not ready")
+        );
+        assert_eq!(run.totals.manifests, 2);
+        assert_eq!(run.per_pod[1].error.as_deref(), Some("HTTP 500: disk full"));
+        assert_eq!(run.per_pod[1].totals, PruneRunTotals::default());
+        assert_eq!(
+            event_note(&run),
+            "2 of 3 pods failed: cache-1: HTTP 500: disk full; cache-2: pod not ready; totals: would prune 2 manifests and 4 blobs (2.0KiB) on 1 pods; kept 3, protected inUse=2 minAge=1"
+        );
+        assert_eq!(removed(&run), (0, 0), "a dry run removes nothing");
+    }
+
+    #[test]
+    fn a_refusal_lists_no_items_and_no_pods_is_a_failure() {
+        let mut r = report(vec![item(1, Decision::Prune, "unusedFor")], 0, 0);
+        r.refused = Some("refused: this run would delete 90% of the cache".into());
+        let run = summarize(&[("cache-0".into(), Ok(r))], false, ts(T0), ts(T1));
+        assert_eq!(run.result.as_deref(), Some(REFUSED));
+        assert_eq!(
+            run.message.as_deref(),
+            Some("cache-0: refused: this run would delete 90% of the cache")
+        );
+        assert!(run.items.is_empty());
+        assert!(run.per_pod[0].error.is_some());
+
+        let none = summarize(&[], false, ts(T0), ts(T1));
+        assert_eq!(none.result.as_deref(), Some(FAILED));
+        assert_eq!(
+            none.message.as_deref(),
+            Some("the cache has no registry pods")
+        );
+    }
+
+    #[test]
+    fn items_are_bounded() {
+        let items = (0..ITEMS_LIMIT as u32 + 5)
+            .map(|n| item(n, Decision::Prune, "unusedFor"))
+            .collect();
+        let run = summarize(
+            &[("cache-0".into(), Ok(report(items, 105, 1)))],
+            false,
+            ts(T0),
+            ts(T1),
+        );
+        assert_eq!(run.items.len(), ITEMS_LIMIT);
+        assert!(run.items_truncated);
+        assert_eq!(run.totals.manifests, 105, "totals are not cut");
+    }
+
+    #[test]
+    fn history_keeps_previous_runs_newest_first_without_items() {
+        let mut status = PrunePolicyStatus::default();
+        for n in 0..(HISTORY_LIMIT as u32 + 3) {
+            let items = vec![item(n, Decision::Prune, "unusedFor")];
+            let mut run = summarize(
+                &[("cache-0".into(), Ok(report(items, 1, 1)))],
+                false,
+                ts(T0),
+                ts(T1),
+            );
+            run.message = Some(format!("run {n}"));
+            record(&mut status, run);
+        }
+        let last = status.last_run.as_ref().unwrap();
+        assert_eq!(last.message.as_deref(), Some("run 12"));
+        assert_eq!(last.items.len(), 1, "the last run keeps its items");
+        assert_eq!(status.history.len(), HISTORY_LIMIT);
+        assert_eq!(status.history[0].message.as_deref(), Some("run 11"));
+        assert_eq!(status.history[9].message.as_deref(), Some("run 2"));
+        assert!(status.history.iter().all(|r| r.items.is_empty()));
+    }
+
+    #[test]
+    fn ready_reflects_spec_cache_and_last_run() {
+        let ok = Health::Ok {
+            suspend: false,
+            next: Some(ts("2026-01-02T03:00:00Z")),
+        };
+        let c = ready(ok, None);
+        assert!(c.status);
+        assert_eq!(c.reason, REASON_SCHEDULED);
+        assert_eq!(c.message, "next run at 2026-01-02T03:00:00Z");
+        let c = ready(
+            Health::Ok {
+                suspend: true,
+                next: None,
+            },
+            None,
+        );
+        assert_eq!((c.status, c.reason), (true, REASON_SUSPENDED));
+        let c = ready(Health::InvalidSpec("spec.timeZone: unknown"), None);
+        assert_eq!((c.status, c.reason), (false, REASON_INVALID_SPEC));
+        assert_eq!(c.message, "spec.timeZone: unknown");
+        let c = ready(Health::CacheNotFound("main"), None);
+        assert_eq!((c.status, c.reason), (false, REASON_CACHE_NOT_FOUND));
+        let failed = summarize(&[], false, ts(T0), ts(T1));
+        let c = ready(ok, Some(&failed));
+        assert_eq!((c.status, c.reason), (false, REASON_LAST_RUN_FAILED));
+        assert_eq!(c.message, "last run failed: the cache has no registry pods");
+        // The spec being wrong says more than the last run.
+        let c = ready(Health::InvalidSpec("x"), Some(&failed));
+        assert_eq!(c.reason, REASON_INVALID_SPEC);
+    }
+
+    #[test]
+    fn status_times_are_whole_seconds() {
+        assert_eq!(
+            time(ts("2026-01-01T03:00:00.987Z")),
+            Time(ts("2026-01-01T03:00:00Z"))
+        );
+        let old = PrunePolicyStatus::default();
+        let health = Health::Ok {
+            suspend: false,
+            next: Some(ts("2026-01-02T03:00:00Z")),
+        };
+        let a = with_health(&old, health, Some(3), ts("2026-01-01T04:00:00.5Z"));
+        let b = with_health(&a, health, Some(3), ts("2026-01-01T04:10:00Z"));
+        assert_eq!(a, b, "nothing changed, nothing to write");
+        assert!(ready_changed(&old, &a));
+        assert!(!ready_changed(&a, &b));
+        assert_eq!(a.observed_generation, Some(3));
+        assert_eq!(a.next_schedule_time, Some(Time(ts("2026-01-02T03:00:00Z"))));
+    }
 }
