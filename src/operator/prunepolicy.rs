@@ -315,17 +315,27 @@ async fn publish(ctx: &Context, pp: &PrunePolicy, type_: EventType, reason: &str
     }
 }
 
-/// Best effort: shows a failed reconcile in the `Ready` condition.
+/// Best effort: shows a failed reconcile in the `Ready` condition. The status is read afresh
+/// so a stale cached copy never rolls back a run's record.
 async fn record_error(pp: &PrunePolicy, ctx: &Context, err: &OperatorError) {
-    let old = pp.status.clone().unwrap_or_default();
+    let Some(ns) = pp.namespace() else { return };
+    let policies: Api<PrunePolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let fresh = match policies.get(&pp.name_any()).await {
+        Ok(fresh) => fresh,
+        Err(e) => {
+            tracing::debug!(policy = %object_key(pp), error = %e, "cannot record the error in the status");
+            return;
+        }
+    };
+    let old = fresh.status.clone().unwrap_or_default();
     let mut status = old.clone();
     conditions::set(
         &mut status.conditions,
         Cond::new(READY, false, err.reason(), err.to_string()),
-        pp.metadata.generation,
+        fresh.metadata.generation,
         outcome::time(ctx.now()),
     );
-    if let Err(e) = update_status(ctx, pp, &old, &status).await {
+    if let Err(e) = update_status(ctx, &fresh, &old, &status).await {
         tracing::debug!(policy = %object_key(pp), error = %e, "cannot record the error in the status");
     }
 }

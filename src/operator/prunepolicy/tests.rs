@@ -699,9 +699,21 @@ async fn a_failed_in_use_list_stops_the_run_before_any_prune() {
         json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden",
                "code": 403, "message": "pods is forbidden"}),
     );
-    // The failure lands in the condition.
+    // The failure lands in the condition of the status as the API server has it (here with
+    // a manual run the cached copy did not show yet, which must not be rolled back).
+    let mut current = pp_json.clone();
+    current["status"]["lastManualRun"] = json!("earlier");
+    server
+        .expect(Method::GET, PP_PATH)
+        .await
+        .respond(200, current.clone());
     let ex = server.expect(Method::PATCH, STATUS_PATH).await;
-    let cond = answer_apply(ex, &pp_json)["status"]["conditions"][0].clone();
+    assert_eq!(ex.body["status"]["lastManualRun"], "earlier");
+    assert_eq!(
+        ex.body["status"]["lastScheduleTime"],
+        "2026-01-01T03:00:00Z"
+    );
+    let cond = answer_apply(ex, &current)["status"]["conditions"][0].clone();
     assert_eq!(cond["reason"], "KubernetesAPIError");
     assert!(
         registry.prunes().is_empty(),
