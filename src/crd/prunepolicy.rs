@@ -120,6 +120,10 @@ pub struct PrunePolicyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub history: Vec<PruneRun>,
+    /// The value of the `imagecache.io/run-now` annotation the last manual run answered; a
+    /// different value asks for another run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_manual_run: Option<String>,
 }
 
 /// One run of the policy over every registry pod of the cache.

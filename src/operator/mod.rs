@@ -3,6 +3,8 @@
 //! - [`desired`]: the pure desired state of an ImageCache's children (ConfigMap, StatefulSet,
 //!   Services, admin token Secret, PodDisruptionBudget), built from the spec with no API calls.
 //! - [`pods`]: the registry pods of a cache and the calls made to them (admin API, Image API).
+//! - [`prunepolicy`]: the PrunePolicy controller (scheduled prunes of a cache's pods), with
+//!   [`inuse`], the images the cluster uses.
 //! - [`conditions`]: status conditions per the API conventions.
 //! - [`context`], [`error`], [`metrics`]: what the reconcilers share.
 
@@ -10,9 +12,11 @@ pub mod conditions;
 pub mod context;
 pub mod desired;
 pub mod error;
+pub mod inuse;
 pub mod leader;
 pub mod metrics;
 pub mod pods;
+pub mod prunepolicy;
 
 #[cfg(test)]
 #[allow(dead_code)] // Each reconciler's tests use a part of it.
