@@ -38,6 +38,40 @@ pub enum Command {
     /// Point this node's container runtime at the mirror: containerd `hosts.toml` files or CRI-O
     /// registries.conf drop-ins, one per registry, marked as ours.
     NodeConfig(NodeConfigArgs),
+    /// Run the Kubernetes operator: the ImageCache, PrunePolicy and CachedImage controllers,
+    /// one active replica under a Lease.
+    Operator(OperatorArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct OperatorArgs {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "IMAGECACHE_WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Address of the health (`/healthz`, `/readyz`) and `/metrics` listener.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Run under a coordination.k8s.io Lease so one replica reconciles at a time.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub leader_elect: bool,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "imagecache-operator")]
+    pub lease_name: String,
+    /// Namespace of the leader Lease (default: `POD_NAMESPACE`, else the kubeconfig's namespace).
+    #[arg(long)]
+    pub lease_namespace: Option<String>,
+    /// Image of the registry pods (the same image as the operator's, normally).
+    #[arg(long, env = "IMAGECACHE_REGISTRY_IMAGE", default_value = crate::operator::DEFAULT_REGISTRY_IMAGE)]
+    pub registry_image: String,
+    /// Least time between two last-pulled updates of one CachedImage (`30s`, `5m`).
+    #[arg(long, default_value = "5m", value_parser = crate::duration::parse)]
+    pub min_update_interval: std::time::Duration,
+    /// Log level (`info`, `debug`, ...); `RUST_LOG` wins when set.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t)]
+    pub log_format: crate::config::LogFormat,
 }
 
 #[derive(Args, Debug)]
@@ -212,6 +246,8 @@ pub enum CliError {
     Crds(#[from] crate::crd::CrdError),
     #[error(transparent)]
     NodeConfig(#[from] crate::nodeconfig::NodeConfigError),
+    #[error(transparent)]
+    Operator(#[from] crate::operator::OperatorError),
 }
 
 /// The registry configuration: a file and a flag for every key; flags win over the file.
@@ -470,6 +506,32 @@ pub fn run() -> Result<(), CliError> {
             None => print(crate::crd::to_multi_yaml()?),
         },
         Command::NodeConfig(args) => Ok(crate::nodeconfig::run(&args.options())?),
+        Command::Operator(args) => {
+            init_logging(&crate::config::LogConfig {
+                level: args.log_level.clone(),
+                format: args.log_format,
+            });
+            let options = crate::operator::run::Options {
+                namespace: args.namespace,
+                listen: args.listen,
+                leader_election: args.leader_elect,
+                lease_name: args.lease_name,
+                lease_namespace: args.lease_namespace,
+                settings: crate::operator::Settings {
+                    registry_image: args.registry_image,
+                    min_update_interval: args.min_update_interval,
+                },
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(CliError::Runtime)?;
+            runtime.block_on(crate::operator::run::run(
+                options,
+                tokio_util::sync::CancellationToken::new(),
+            ))?;
+            Ok(())
+        }
     }
 }
 

@@ -88,7 +88,7 @@ pub struct PrunePolicySpec {
         regex(pattern = r"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$")
     )]
     pub time_zone: Option<String>,
-    /// Skip runs while true.
+    /// Skip scheduled runs while true (a manual run by annotation still goes).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
     /// Report what would be pruned without deleting anything.

@@ -15,6 +15,9 @@ use super::pods::RegistryApi;
 /// The field manager of the operator's server-side applies and the events' reporter.
 pub const MANAGER: &str = "imagecache-operator";
 
+/// The registry pods' image when `--registry-image` is not given: this release's image.
+pub const DEFAULT_REGISTRY_IMAGE: &str = concat!("ghcr.io/imagecache/imagecache:", env!("CARGO_PKG_VERSION"));
+
 /// Operator settings from its command line.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -27,7 +30,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            registry_image: "ghcr.io/imagecache/imagecache:latest".into(),
+            registry_image: DEFAULT_REGISTRY_IMAGE.into(),
             min_update_interval: Duration::from_secs(300),
         }
     }

@@ -22,5 +22,5 @@ pub mod prunepolicy;
 #[allow(dead_code)] // Each reconciler's tests use a part of it.
 pub(crate) mod mock;
 
-pub use context::{Context, MANAGER, Settings};
+pub use context::{Context, DEFAULT_REGISTRY_IMAGE, MANAGER, Settings};
 pub use error::OperatorError;
