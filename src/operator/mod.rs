@@ -4,8 +4,11 @@
 //!   Services, admin token Secret, PodDisruptionBudget), built from the spec with no API calls.
 //! - [`pods`]: the registry pods of a cache and the calls made to them (admin API, Image API).
 //! - [`conditions`]: status conditions per the API conventions.
+//! - [`cachedimage`]: the CachedImage sync from the registry pods' Image API, and the finalizer
+//!   that prunes a deleted CachedImage's image from the cache.
 //! - [`context`], [`error`], [`metrics`]: what the reconcilers share.
 
+pub mod cachedimage;
 pub mod conditions;
 pub mod context;
 pub mod desired;

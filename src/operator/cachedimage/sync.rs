@@ -1,0 +1,493 @@
+//! The IO of the CachedImage sync: one task owning a [`CacheSync`] per ImageCache, fed by
+//!
+//! - a watch of ImageCaches (a cache appears, changes, goes);
+//! - a metadata watch of registry pods (any change re-lists the cache's pods with
+//!   [`pods::list`], at most once a second; every cache is also re-listed every minute);
+//! - a watch of CachedImages carrying the cache label (what exists, what is being deleted);
+//! - one Image API watch per ready registry pod (kube-rs `watcher`: list, watch, relist on
+//!   410 Expired), started and stopped as pods become ready, go, or the cache goes;
+//! - a one-second tick for held-back writes.
+//!
+//! Writes are made in the task, one at a time, and their results fed back to the state.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::watcher::{self, Event};
+use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt as _;
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::mapping::CACHE_LABEL;
+use super::state::{CacheSync, Input, Write};
+use crate::crd::{CachedImage, ImageCache};
+use crate::imageapi::openshift::types::Image;
+use crate::operator::context::{Context, MANAGER};
+use crate::operator::desired::{APP_NAME, COMPONENT};
+use crate::operator::pods::{self, PodTarget};
+
+/// How often every cache's pods are listed even without a pod event.
+const RESYNC_PODS: Duration = Duration::from_secs(60);
+/// Pending Image events between the pod watches and the sync task.
+const CHANNEL: usize = 1024;
+
+/// A cache: its namespace and name.
+type CacheKey = (String, String);
+
+/// An event of a pod's Image watch, tagged with the watch it came from.
+struct ImageMsg {
+    cache: CacheKey,
+    pod: String,
+    id: u64,
+    event: Event<Image>,
+}
+
+struct WatchTask {
+    id: u64,
+    target: PodTarget,
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+struct Entry {
+    state: CacheSync,
+    ic: Option<Arc<ImageCache>>,
+    tasks: BTreeMap<String, WatchTask>,
+    /// Pods must be listed again (a pod event, or never listed).
+    refresh: bool,
+    last_listed: Option<Instant>,
+}
+
+struct Supervisor {
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+    caches: BTreeMap<CacheKey, Entry>,
+    tx: mpsc::Sender<ImageMsg>,
+    next_id: u64,
+    /// ImageCaches seen during a relist of the ImageCache watch.
+    caches_relist: Option<Vec<Arc<ImageCache>>>,
+    /// CachedImages seen during a relist of their watch.
+    objects_relist: Option<Vec<CachedImage>>,
+}
+
+/// Runs the sync until `shutdown`; `namespace` limits it to one namespace.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: CancellationToken) {
+    let client = ctx.client.clone();
+    let caches: Api<ImageCache> = api(&client, &namespace);
+    // Metadata only: a pod event just triggers a re-list.
+    let pods: Api<PartialObjectMeta<Pod>> = api(&client, &namespace);
+    let objects: Api<CachedImage> = api(&client, &namespace);
+    let pod_selector = format!(
+        "app.kubernetes.io/name={APP_NAME},app.kubernetes.io/component={COMPONENT}"
+    );
+    let mut cache_events = watcher(caches, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut pod_events = watcher(pods, watcher::Config::default().labels(&pod_selector))
+        .default_backoff()
+        .boxed();
+    let mut object_events = watcher(objects, watcher::Config::default().labels(CACHE_LABEL))
+        .default_backoff()
+        .boxed();
+    let (tx, mut rx) = mpsc::channel(CHANNEL);
+    let mut sup = Supervisor {
+        ctx,
+        shutdown: shutdown.clone(),
+        caches: BTreeMap::new(),
+        tx,
+        next_id: 0,
+        caches_relist: None,
+        objects_relist: None,
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(ev) = cache_events.next() => match ev {
+                Ok(ev) => sup.cache_event(ev).await,
+                Err(e) => tracing::warn!(error = %e, "ImageCache watch"),
+            },
+            Some(ev) = pod_events.next() => match ev {
+                Ok(ev) => sup.pod_event(ev),
+                Err(e) => tracing::warn!(error = %e, "registry pod watch"),
+            },
+            Some(ev) = object_events.next() => match ev {
+                Ok(ev) => sup.object_event(ev).await,
+                Err(e) => tracing::warn!(error = %e, "CachedImage watch"),
+            },
+            Some(msg) = rx.recv() => sup.image_event(msg).await,
+            _ = tick.tick() => sup.tick().await,
+        }
+    }
+    sup.stop_all().await;
+}
+
+fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn watcher<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl futures_util::Stream<Item = Result<Event<K>, watcher::Error>> + Send
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    watcher::watcher(api, config)
+}
+
+fn key_of<K: kube::Resource>(obj: &K) -> CacheKey {
+    (
+        obj.meta().namespace.clone().unwrap_or_default(),
+        obj.meta().name.clone().unwrap_or_default(),
+    )
+}
+
+impl Supervisor {
+    fn entry(&mut self, key: &CacheKey) -> &mut Entry {
+        let interval = self.ctx.settings.min_update_interval;
+        self.caches.entry(key.clone()).or_insert_with(|| Entry {
+            state: CacheSync::new(&key.1, interval),
+            ic: None,
+            tasks: BTreeMap::new(),
+            refresh: true,
+            last_listed: None,
+        })
+    }
+
+    async fn cache_event(&mut self, ev: Event<ImageCache>) {
+        match ev {
+            Event::Init => self.caches_relist = Some(Vec::new()),
+            Event::InitApply(ic) => self
+                .caches_relist
+                .get_or_insert_with(Vec::new)
+                .push(Arc::new(ic)),
+            Event::InitDone => {
+                let listed = self.caches_relist.take().unwrap_or_default();
+                let keys: Vec<CacheKey> = listed.iter().map(|ic| key_of(&**ic)).collect();
+                let gone: Vec<CacheKey> = self
+                    .caches
+                    .iter()
+                    .filter(|(k, e)| e.ic.is_some() && !keys.contains(k))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for key in gone {
+                    self.set_cache(&key, None).await;
+                }
+                for ic in listed {
+                    self.set_cache(&key_of(&*ic), Some(ic)).await;
+                }
+            }
+            Event::Apply(ic) => self.set_cache(&key_of(&ic), Some(Arc::new(ic))).await,
+            Event::Delete(ic) => self.set_cache(&key_of(&ic), None).await,
+        }
+    }
+
+    /// A cache appears, changes or goes (a cache being deleted counts as gone).
+    async fn set_cache(&mut self, key: &CacheKey, ic: Option<Arc<ImageCache>>) {
+        let ic = ic.filter(|ic| ic.metadata.deletion_timestamp.is_none());
+        let entry = self.entry(key);
+        entry.ic = ic.clone();
+        if ic.is_none() {
+            for (_, task) in std::mem::take(&mut entry.tasks) {
+                stop(task).await;
+            }
+        } else {
+            entry.refresh = true;
+        }
+        self.feed(key, Input::Cache(ic)).await;
+    }
+
+    fn pod_event(&mut self, ev: Event<PartialObjectMeta<Pod>>) {
+        let pod = match ev {
+            Event::Apply(p) | Event::Delete(p) | Event::InitApply(p) => p,
+            Event::Init | Event::InitDone => return,
+        };
+        let Some(instance) = pod.labels().get("app.kubernetes.io/instance").cloned() else {
+            return;
+        };
+        let key = (pod.namespace().unwrap_or_default(), instance);
+        if let Some(entry) = self.caches.get_mut(&key) {
+            entry.refresh = true;
+        }
+    }
+
+    async fn object_event(&mut self, ev: Event<CachedImage>) {
+        let cache_of = |o: &CachedImage| {
+            (
+                o.namespace().unwrap_or_default(),
+                o.spec.cache_ref.name.clone(),
+            )
+        };
+        match ev {
+            Event::Init => self.objects_relist = Some(Vec::new()),
+            Event::InitApply(o) => self.objects_relist.get_or_insert_with(Vec::new).push(o),
+            Event::InitDone => {
+                let mut by_cache: BTreeMap<CacheKey, Vec<CachedImage>> = self
+                    .caches
+                    .keys()
+                    .map(|k| (k.clone(), Vec::new()))
+                    .collect();
+                for o in self.objects_relist.take().unwrap_or_default() {
+                    by_cache.entry(cache_of(&o)).or_default().push(o);
+                }
+                for (key, list) in by_cache {
+                    self.entry(&key);
+                    self.feed(&key, Input::ObjectsListed(list)).await;
+                }
+            }
+            Event::Apply(o) => {
+                let key = cache_of(&o);
+                self.entry(&key);
+                self.feed(&key, Input::Object(o)).await;
+            }
+            Event::Delete(o) => {
+                let key = cache_of(&o);
+                self.entry(&key);
+                self.feed(&key, Input::ObjectGone(o)).await;
+            }
+        }
+    }
+
+    async fn image_event(&mut self, msg: ImageMsg) {
+        let current = self
+            .caches
+            .get(&msg.cache)
+            .and_then(|e| e.tasks.get(&msg.pod))
+            .is_some_and(|t| t.id == msg.id);
+        if current {
+            let input = Input::Images {
+                pod: msg.pod,
+                event: msg.event,
+            };
+            self.feed(&msg.cache, input).await;
+        }
+    }
+
+    async fn tick(&mut self) {
+        let now = Instant::now();
+        let keys: Vec<CacheKey> = self.caches.keys().cloned().collect();
+        for key in keys {
+            let due = self.caches.get(&key).is_some_and(|e| {
+                e.ic.is_some()
+                    && (e.refresh || e.last_listed.is_none_or(|t| now - t >= RESYNC_PODS))
+            });
+            if due {
+                self.refresh_pods(&key).await;
+            }
+            self.feed(&key, Input::Tick).await;
+        }
+    }
+
+    /// Lists the cache's pods, tells the state, and makes the Image watches match the ready
+    /// pods.
+    async fn refresh_pods(&mut self, key: &CacheKey) {
+        let Some(ic) = self.caches.get(key).and_then(|e| e.ic.clone()) else {
+            return;
+        };
+        let listed = pods::list(&self.ctx.client, &ic).await;
+        let entry = self.entry(key);
+        entry.refresh = false;
+        entry.last_listed = Some(Instant::now());
+        let list = match listed {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::warn!(namespace = %key.0, cache = %key.1, error = %e, "cannot list registry pods");
+                return;
+            }
+        };
+        let targets: BTreeMap<String, PodTarget> = list
+            .iter()
+            .filter_map(|p| p.target.clone().map(|t| (p.name.clone(), t)))
+            .collect();
+        // Stop the watches of pods that went, stopped being ready, or moved.
+        let stale: Vec<String> = entry
+            .tasks
+            .iter()
+            .filter(|(pod, t)| targets.get(*pod) != Some(&t.target))
+            .map(|(pod, _)| pod.clone())
+            .collect();
+        for pod in stale {
+            if let Some(task) = entry.tasks.remove(&pod) {
+                stop(task).await;
+            }
+        }
+        self.feed(key, Input::Pods(list)).await;
+        for (pod, target) in targets {
+            if self.caches.get(key).is_some_and(|e| e.tasks.contains_key(&pod)) {
+                continue;
+            }
+            let client = match self.ctx.registry.image_client(&target) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(%pod, error = %e, "no Image API client");
+                    continue;
+                }
+            };
+            self.next_id += 1;
+            let id = self.next_id;
+            let stop = self.shutdown.child_token();
+            let handle = tokio::spawn(watch_images(
+                client,
+                key.clone(),
+                pod.clone(),
+                id,
+                self.tx.clone(),
+                stop.clone(),
+                self.ctx.clone(),
+            ));
+            self.entry(key).tasks.insert(
+                pod,
+                WatchTask {
+                    id,
+                    target,
+                    stop,
+                    handle,
+                },
+            );
+        }
+    }
+
+    /// Hands an input to a cache's state and makes the writes it asks for, feeding their
+    /// results back.
+    async fn feed(&mut self, key: &CacheKey, input: Input) {
+        let now = self.ctx.now();
+        let mut writes = self.entry(key).state.handle(input, now);
+        while !writes.is_empty() {
+            let mut results = Vec::new();
+            for w in writes {
+                results.push(execute(&self.ctx, &key.0, w).await);
+            }
+            writes = Vec::new();
+            for r in results {
+                writes.extend(self.entry(key).state.handle(r, now));
+            }
+        }
+    }
+
+    async fn stop_all(&mut self) {
+        for entry in self.caches.values_mut() {
+            for (_, task) in std::mem::take(&mut entry.tasks) {
+                stop(task).await;
+            }
+        }
+    }
+}
+
+async fn stop(task: WatchTask) {
+    task.stop.cancel();
+    if let Err(e) = task.handle.await {
+        tracing::warn!(error = %e, "Image watch task ended abnormally");
+    }
+}
+
+/// Makes one write; the input telling the state how it went.
+pub async fn execute(ctx: &Context, namespace: &str, write: Write) -> Input {
+    let api: Api<CachedImage> = Api::namespaced(ctx.client.clone(), namespace);
+    match write {
+        Write::Apply { digest, object } => {
+            let name = object.name_any();
+            match api
+                .patch(
+                    &name,
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(&*object),
+                )
+                .await
+            {
+                Ok(obj) => {
+                    ctx.metrics.cachedimage_writes.inc();
+                    Input::Applied(obj)
+                }
+                Err(e) => {
+                    tracing::warn!(%namespace, cachedimage = %name, error = %e, "cannot apply CachedImage");
+                    Input::Failed(digest)
+                }
+            }
+        }
+        Write::Delete { digest, name } => match api.delete(&name, &DeleteParams::default()).await
+        {
+            Ok(either) => {
+                ctx.metrics.cachedimage_writes.inc();
+                Input::Deleted {
+                    name,
+                    remaining: either.left(),
+                }
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => Input::Deleted {
+                name,
+                remaining: None,
+            },
+            Err(e) => {
+                tracing::warn!(%namespace, cachedimage = %name, error = %e, "cannot delete CachedImage");
+                Input::Failed(digest)
+            }
+        },
+    }
+}
+
+/// Decrements the watch gauge however the task ends.
+struct WatchGauge(Arc<Context>);
+
+impl Drop for WatchGauge {
+    fn drop(&mut self) {
+        self.0.metrics.image_watches.dec();
+    }
+}
+
+/// Watches one pod's Image API until stopped, forwarding every event.
+async fn watch_images(
+    client: Client,
+    cache: CacheKey,
+    pod: String,
+    id: u64,
+    tx: mpsc::Sender<ImageMsg>,
+    stop: CancellationToken,
+    ctx: Arc<Context>,
+) {
+    ctx.metrics.image_watches.inc();
+    let _gauge = WatchGauge(ctx);
+    let api: Api<Image> = Api::all(client);
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    loop {
+        let ev = tokio::select! {
+            _ = stop.cancelled() => return,
+            ev = events.next() => ev,
+        };
+        match ev {
+            Some(Ok(event)) => {
+                let msg = ImageMsg {
+                    cache: cache.clone(),
+                    pod: pod.clone(),
+                    id,
+                    event,
+                };
+                // A full channel waits; a stop while waiting ends the task.
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    sent = tx.send(msg) => if sent.is_err() { return },
+                }
+            }
+            Some(Err(e)) => tracing::warn!(%pod, error = %e, "Image API watch"),
+            None => return,
+        }
+    }
+}
