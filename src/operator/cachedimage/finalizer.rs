@@ -194,3 +194,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
         })
         .await;
 }
+
+#[cfg(test)]
+#[path = "finalizer_tests.rs"]
+mod tests;

@@ -491,3 +491,98 @@ async fn watch_images(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Method;
+    use serde_json::json;
+
+    use super::*;
+    use crate::digest::Digest;
+    use crate::operator::mock::{self, FakeRegistry};
+
+    const PATH: &str = "/apis/imagecache.io/v1alpha1/namespaces/ns/cachedimages/x";
+
+    fn digest() -> Digest {
+        format!("sha256:{}", "a".repeat(64)).parse().unwrap()
+    }
+
+    fn object() -> CachedImage {
+        serde_json::from_value(json!({
+            "apiVersion": "imagecache.io/v1alpha1", "kind": "CachedImage",
+            "metadata": {"name": "x", "namespace": "ns", "labels": {CACHE_LABEL: "mirror"}},
+            "spec": {"cacheRef": {"name": "mirror"}, "digest": digest().to_string(),
+                "reference": "r", "mediaType": "m"}
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn apply_is_a_forced_server_side_apply_without_finalizers_or_status() {
+        let (ctx, mut server) = mock::context(FakeRegistry::new(), "2026-01-01T00:00:00Z");
+        let write = Write::Apply {
+            digest: digest(),
+            object: Box::new(object()),
+        };
+        let task = tokio::spawn({
+            let ctx = ctx.clone();
+            async move { execute(&ctx, "ns", write).await }
+        });
+        let ex = server.expect(Method::PATCH, PATH).await;
+        assert_eq!(ex.query("fieldManager").as_deref(), Some(MANAGER));
+        assert_eq!(ex.query("force").as_deref(), Some("true"));
+        assert_eq!(ex.body["apiVersion"], "imagecache.io/v1alpha1");
+        assert_eq!(ex.body["kind"], "CachedImage");
+        assert!(ex.body["metadata"].get("finalizers").is_none());
+        assert!(ex.body.get("status").is_none());
+        ex.echo();
+        assert!(matches!(task.await.unwrap(), Input::Applied(o) if o.spec.digest == digest()));
+        assert_eq!(ctx.metrics.cachedimage_writes.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn delete_reports_what_remains_and_failures() {
+        let (ctx, mut server) = mock::context(FakeRegistry::new(), "2026-01-01T00:00:00Z");
+        let delete = || Write::Delete {
+            digest: digest(),
+            name: "x".into(),
+        };
+        let run = |w| {
+            let ctx = ctx.clone();
+            tokio::spawn(async move { execute(&ctx, "ns", w).await })
+        };
+
+        // Held back by the finalizer: the object comes back with a deletionTimestamp.
+        let task = run(delete());
+        let mut deleting = serde_json::to_value(object()).unwrap();
+        deleting["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        deleting["metadata"]["finalizers"] = json!([super::super::FINALIZER]);
+        server
+            .expect(Method::DELETE, PATH)
+            .await
+            .respond(200, deleting);
+        assert!(matches!(
+            task.await.unwrap(),
+            Input::Deleted { remaining: Some(o), .. } if o.metadata.deletion_timestamp.is_some()
+        ));
+
+        // Already gone.
+        let task = run(delete());
+        server.expect(Method::DELETE, PATH).await.not_found();
+        assert!(matches!(
+            task.await.unwrap(),
+            Input::Deleted { remaining: None, .. }
+        ));
+
+        // Refused: retried later.
+        let task = run(delete());
+        server.expect(Method::DELETE, PATH).await.respond(
+            500,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "reason": "InternalError", "code": 500, "message": "etcd"}),
+        );
+        assert!(matches!(task.await.unwrap(), Input::Failed(d) if d == digest()));
+        // Only the delete that deleted something was a write.
+        assert_eq!(ctx.metrics.cachedimage_writes.get(), 1);
+    }
+}
