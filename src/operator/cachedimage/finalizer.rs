@@ -17,10 +17,10 @@ use std::time::Instant;
 use futures_util::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
+use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{self, Event};
 use kube::runtime::watcher;
-use kube::runtime::Controller;
 use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
 

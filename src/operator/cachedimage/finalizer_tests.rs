@@ -62,18 +62,26 @@ fn report() -> Report {
 /// Answers the cache lookup and `pods::list` (its token Secret, then its pods).
 async fn answer_cache_and_pods(server: &mut ApiServer) {
     server
-        .expect(Method::GET, "/apis/imagecache.io/v1alpha1/namespaces/ns/imagecaches/mirror")
+        .expect(
+            Method::GET,
+            "/apis/imagecache.io/v1alpha1/namespaces/ns/imagecaches/mirror",
+        )
         .await
         .respond(200, image_cache());
     server
-        .expect(Method::GET, "/api/v1/namespaces/ns/secrets/mirror-admin-token")
+        .expect(
+            Method::GET,
+            "/api/v1/namespaces/ns/secrets/mirror-admin-token",
+        )
         .await
         .respond(
             200,
             json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mirror-admin-token"},
                 "data": {"token": "dG9r"}}),
         );
-    let pods = server.expect(Method::GET, "/api/v1/namespaces/ns/pods").await;
+    let pods = server
+        .expect(Method::GET, "/api/v1/namespaces/ns/pods")
+        .await;
     assert_eq!(
         pods.query("labelSelector").as_deref(),
         Some("app.kubernetes.io/instance=mirror,app.kubernetes.io/name=imagecache")
@@ -116,7 +124,10 @@ async fn the_finalizer_is_added_with_a_json_patch() {
             {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
         ])
     );
-    ex.respond(200, serde_json::to_value(&*cimg(&[FINALIZER], false)).unwrap());
+    ex.respond(
+        200,
+        serde_json::to_value(&*cimg(&[FINALIZER], false)).unwrap(),
+    );
     let action = task.await.unwrap().unwrap();
     assert_eq!(action, Action::await_change());
     assert!(registry.prunes().is_empty());
@@ -124,7 +135,9 @@ async fn the_finalizer_is_added_with_a_json_patch() {
     // With the finalizer in place, nothing more is done.
     let task = tokio::spawn(reconcile(cimg(&[FINALIZER], false), ctx));
     assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
-    server.expect_silence(std::time::Duration::from_millis(100)).await;
+    server
+        .expect_silence(std::time::Duration::from_millis(100))
+        .await;
 }
 
 #[tokio::test]
@@ -141,7 +154,10 @@ async fn deletion_prunes_the_digest_on_each_ready_pod_then_releases() {
     let want = PruneRequest::delete(vec![digest()]);
     assert_eq!(
         registry.prunes(),
-        vec![("mirror-0".to_owned(), want.clone()), ("mirror-1".to_owned(), want)]
+        vec![
+            ("mirror-0".to_owned(), want.clone()),
+            ("mirror-1".to_owned(), want)
+        ]
     );
 }
 
@@ -154,7 +170,9 @@ async fn a_failing_pod_keeps_the_finalizer_and_sets_a_condition() {
     let obj = cimg(&[FINALIZER], true);
     let task = tokio::spawn(reconcile(obj.clone(), ctx.clone()));
     answer_cache_and_pods(&mut server).await;
-    let status = server.expect(Method::PATCH, &format!("{PATH}/status")).await;
+    let status = server
+        .expect(Method::PATCH, &format!("{PATH}/status"))
+        .await;
     assert_eq!(status.query("fieldManager").as_deref(), Some(MANAGER));
     assert_eq!(status.query("force").as_deref(), Some("true"));
     let cond = &status.body["status"]["conditions"][0];
@@ -200,7 +218,10 @@ async fn a_refused_prune_counts_as_a_failure() {
         .await
         .echo();
     let err = task.await.unwrap().unwrap_err();
-    assert!(err.to_string().contains("another prune is running"), "{err}");
+    assert!(
+        err.to_string().contains("another prune is running"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -209,7 +230,10 @@ async fn a_missing_cache_releases_at_once() {
     let (ctx, mut server) = mock::context(registry.clone(), NOW);
     let task = tokio::spawn(reconcile(cimg(&[FINALIZER], true), ctx));
     server
-        .expect(Method::GET, "/apis/imagecache.io/v1alpha1/namespaces/ns/imagecaches/mirror")
+        .expect(
+            Method::GET,
+            "/apis/imagecache.io/v1alpha1/namespaces/ns/imagecaches/mirror",
+        )
         .await
         .not_found();
     answer_release(&mut server).await;
@@ -225,7 +249,10 @@ async fn a_replaced_cache_releases_at_once() {
     let mut newer = image_cache();
     newer["metadata"]["uid"] = json!("another-uid");
     server
-        .expect(Method::GET, "/apis/imagecache.io/v1alpha1/namespaces/ns/imagecaches/mirror")
+        .expect(
+            Method::GET,
+            "/apis/imagecache.io/v1alpha1/namespaces/ns/imagecaches/mirror",
+        )
         .await
         .respond(200, newer);
     answer_release(&mut server).await;

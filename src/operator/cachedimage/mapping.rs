@@ -65,10 +65,11 @@ pub fn cache_label_value(cache: &str) -> String {
 }
 
 fn parse_digest(image: &Image, raw: &str) -> Result<Digest, MappingError> {
-    raw.parse().map_err(|e: crate::digest::InvalidDigest| MappingError::BadDigest {
-        image: image.name().to_owned(),
-        message: e.to_string(),
-    })
+    raw.parse()
+        .map_err(|e: crate::digest::InvalidDigest| MappingError::BadDigest {
+            image: image.name().to_owned(),
+            message: e.to_string(),
+        })
 }
 
 fn time(raw: Option<&str>) -> Option<Timestamp> {
@@ -322,10 +323,9 @@ mod tests {
 
     #[test]
     fn names_are_dns_subdomains_unique_and_bounded() {
-        let valid = regex::Regex::new(
-            r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
-        )
-        .unwrap();
+        let valid =
+            regex::Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+                .unwrap();
         let sha512: Digest = format!("sha512:{}", "9".repeat(128)).parse().unwrap();
         let long_a = format!("{}.a", "x".repeat(250));
         let long_b = format!("{}.b", "x".repeat(250));

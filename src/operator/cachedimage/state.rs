@@ -156,6 +156,11 @@ impl CacheSync {
         self.pods.keys().map(String::as_str)
     }
 
+    /// How many CachedImage objects of the cache are known.
+    pub fn object_count(&self) -> usize {
+        self.objects.len()
+    }
+
     /// The earliest time a held-back write is due.
     pub fn next_due(&self) -> Option<Timestamp> {
         self.pending.values().min().copied()
@@ -233,7 +238,8 @@ impl CacheSync {
         // Pods no longer listed drop their contribution (also what they held provisionally).
         changed |= !self.pods.is_empty();
         for gone in std::mem::take(&mut self.pods).into_values() {
-            self.dirty.extend(gone.images.into_iter().flat_map(|m| m.into_keys()));
+            self.dirty
+                .extend(gone.images.into_iter().flat_map(|m| m.into_keys()));
         }
         self.pods = pods;
         if changed {
@@ -358,9 +364,7 @@ impl CacheSync {
     /// Whether every ready pod has completed a list (deleting before that could prune an
     /// image such a pod holds).
     fn ready_pods_listed(&self) -> bool {
-        self.pods
-            .values()
-            .all(|p| !p.ready || p.images.is_some())
+        self.pods.values().all(|p| !p.ready || p.images.is_some())
     }
 
     fn plan(&mut self, now: Timestamp) -> Vec<Write> {
@@ -496,7 +500,9 @@ fn last_applied(obj: &CachedImage) -> Option<Timestamp> {
         .managed_fields
         .as_ref()?
         .iter()
-        .filter(|m| m.manager.as_deref() == Some(MANAGER) && m.operation.as_deref() == Some("Apply"))
+        .filter(|m| {
+            m.manager.as_deref() == Some(MANAGER) && m.operation.as_deref() == Some("Apply")
+        })
         .filter_map(|m| m.time.as_ref().map(|t| t.0))
         .max()
 }

@@ -157,7 +157,9 @@ fn applied(writes: &[Write]) -> Vec<(&str, &CachedImageSpecView)> {
     writes
         .iter()
         .filter_map(|w| match w {
-            Write::Apply { object, .. } => Some((object.metadata.name.as_deref().unwrap(), &object.spec)),
+            Write::Apply { object, .. } => {
+                Some((object.metadata.name.as_deref().unwrap(), &object.spec))
+            }
             Write::Delete { .. } => None,
         })
         .collect()
@@ -214,12 +216,22 @@ fn images_added_modified_and_deleted() {
     complete(&mut sync, &writes, t0());
 
     // A second image.
-    let writes = event(&mut sync, "mirror-0", watcher::Event::Apply(image('b', "", None)), t0());
+    let writes = event(
+        &mut sync,
+        "mirror-0",
+        watcher::Event::Apply(image('b', "", None)),
+        t0(),
+    );
     assert_eq!(applied(&writes)[0].0, name('b'));
     complete(&mut sync, &writes, t0());
 
     // Pruned from the pod: the object goes.
-    let writes = event(&mut sync, "mirror-0", watcher::Event::Delete(image('a', "", None)), t0());
+    let writes = event(
+        &mut sync,
+        "mirror-0",
+        watcher::Event::Delete(image('a', "", None)),
+        t0(),
+    );
     assert_eq!(deleted(&writes), [name('a')]);
     assert!(applied(&writes).is_empty());
     complete(&mut sync, &writes, t0());
@@ -251,7 +263,12 @@ fn two_pods_holding_a_digest_and_one_leaving() {
     complete(&mut sync, &writes, t0());
 
     // Late events of the gone pod are ignored.
-    let late = event(&mut sync, "mirror-1", watcher::Event::Apply(image('c', "", None)), t0());
+    let late = event(
+        &mut sync,
+        "mirror-1",
+        watcher::Event::Apply(image('c', "", None)),
+        t0(),
+    );
     assert!(late.is_empty());
 }
 
@@ -313,12 +330,25 @@ fn last_pulled_only_changes_are_rate_limited() {
 
     let at = |s| t(s);
     let pulled = |lp| watcher::Event::Apply(image('a', "", Some(lp)));
-    let w = event(&mut sync, "mirror-0", pulled("2026-01-01T00:01:00Z"), at("2026-01-01T00:01:00Z"));
+    let w = event(
+        &mut sync,
+        "mirror-0",
+        pulled("2026-01-01T00:01:00Z"),
+        at("2026-01-01T00:01:00Z"),
+    );
     assert!(w.is_empty(), "within the interval: {w:?}");
-    let w = event(&mut sync, "mirror-0", pulled("2026-01-01T00:02:00Z"), at("2026-01-01T00:02:00Z"));
+    let w = event(
+        &mut sync,
+        "mirror-0",
+        pulled("2026-01-01T00:02:00Z"),
+        at("2026-01-01T00:02:00Z"),
+    );
     assert!(w.is_empty());
     assert_eq!(sync.next_due(), Some(at("2026-01-01T00:05:00Z")));
-    assert!(sync.handle(Input::Tick, at("2026-01-01T00:04:59Z")).is_empty());
+    assert!(
+        sync.handle(Input::Tick, at("2026-01-01T00:04:59Z"))
+            .is_empty()
+    );
 
     let w = sync.handle(Input::Tick, at("2026-01-01T00:05:00Z"));
     let a = applied(&w);
@@ -372,7 +402,11 @@ fn restart_reconciles_existing_objects() {
     del.sort();
     assert_eq!(del, ["by-hand-f", name('b').as_str(), name('e').as_str()]);
     let ap = applied(&writes);
-    assert_eq!(ap.len(), 1, "a is unchanged; c gets its own object: {writes:?}");
+    assert_eq!(
+        ap.len(),
+        1,
+        "a is unchanged; c gets its own object: {writes:?}"
+    );
     assert_eq!(ap[0].0, name('c'));
     complete(&mut sync, &writes, t0());
     assert!(sync.handle(Input::Tick, t0()).is_empty());
@@ -386,10 +420,7 @@ fn restart_reconciles_existing_objects() {
 fn rate_limit_after_restart_counts_from_the_last_apply() {
     let a = image('a', "", Some("2026-01-01T00:00:00Z"));
     // Last applied four minutes before the restart.
-    let existing = stored(
-        &object(&[&a], &["mirror-0"]),
-        t("2025-12-31T23:56:00Z"),
-    );
+    let existing = stored(&object(&[&a], &["mirror-0"]), t("2025-12-31T23:56:00Z"));
     let mut sync = started(&[pod("mirror-0", true)], vec![existing]);
     let newer = image('a', "", Some("2026-01-01T00:00:30Z"));
     assert!(list(&mut sync, "mirror-0", vec![newer], t0()).is_empty());
@@ -411,10 +442,18 @@ fn objects_being_deleted_are_left_to_the_finalizer() {
     let mut deleting = stored(object, t0());
     deleting.metadata.finalizers = Some(vec![FINALIZER.into()]);
     deleting.metadata.deletion_timestamp = Some(Time(t0()));
-    assert!(sync.handle(Input::Object(deleting.clone()), t0()).is_empty());
+    assert!(
+        sync.handle(Input::Object(deleting.clone()), t0())
+            .is_empty()
+    );
 
     // Changes while the finalizer works: not applied, not deleted again.
-    let w = event(&mut sync, "mirror-0", watcher::Event::Apply(image('a', "r/x:1", None)), t0());
+    let w = event(
+        &mut sync,
+        "mirror-0",
+        watcher::Event::Apply(image('a', "r/x:1", None)),
+        t0(),
+    );
     assert!(w.is_empty(), "{w:?}");
 
     // Released by the finalizer (pruned from the ready pods): not re-created.
@@ -422,11 +461,21 @@ fn objects_being_deleted_are_left_to_the_finalizer() {
     released.metadata.finalizers = None;
     assert!(sync.handle(Input::ObjectGone(released), t0()).is_empty());
     // The pod's own delete event follows.
-    let w = event(&mut sync, "mirror-0", watcher::Event::Delete(image('a', "", None)), t0());
+    let w = event(
+        &mut sync,
+        "mirror-0",
+        watcher::Event::Delete(image('a', "", None)),
+        t0(),
+    );
     assert!(w.is_empty());
 
     // Pulled again later: a new object.
-    let w = event(&mut sync, "mirror-0", watcher::Event::Apply(image('a', "", None)), t0());
+    let w = event(
+        &mut sync,
+        "mirror-0",
+        watcher::Event::Apply(image('a', "", None)),
+        t0(),
+    );
     assert_eq!(applied(&w)[0].0, name('a'));
 }
 
@@ -461,7 +510,10 @@ fn failed_writes_are_retried() {
     let writes = list(&mut sync, "mirror-0", vec![image('a', "", None)], t0());
     assert_eq!(writes.len(), 1);
     assert!(sync.handle(Input::Failed(d('a')), t0()).is_empty());
-    assert!(sync.handle(Input::Tick, t("2026-01-01T00:00:09Z")).is_empty());
+    assert!(
+        sync.handle(Input::Tick, t("2026-01-01T00:00:09Z"))
+            .is_empty()
+    );
     let w = sync.handle(Input::Tick, t("2026-01-01T00:00:10Z"));
     assert_eq!(w, writes);
 }
@@ -474,7 +526,13 @@ fn no_writes_without_the_cache() {
     assert_eq!(sync.pod_names().count(), 0);
     assert!(!sync.has_cache());
     assert!(
-        event(&mut sync, "mirror-0", watcher::Event::Delete(image('a', "", None)), t0()).is_empty(),
+        event(
+            &mut sync,
+            "mirror-0",
+            watcher::Event::Delete(image('a', "", None)),
+            t0()
+        )
+        .is_empty(),
         "the owner reference takes the objects away with the cache"
     );
 }

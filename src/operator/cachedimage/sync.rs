@@ -17,9 +17,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, Patch, PatchParams};
-use kube::runtime::watcher::{self, Event};
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt as _;
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -36,6 +36,8 @@ use crate::operator::pods::{self, PodTarget};
 
 /// How often every cache's pods are listed even without a pod event.
 const RESYNC_PODS: Duration = Duration::from_secs(60);
+/// How soon a failed pod list is tried again.
+const RETRY_PODS: Duration = Duration::from_secs(5);
 /// Pending Image events between the pod watches and the sync task.
 const CHANNEL: usize = 1024;
 
@@ -63,7 +65,8 @@ struct Entry {
     tasks: BTreeMap<String, WatchTask>,
     /// Pods must be listed again (a pod event, or never listed).
     refresh: bool,
-    last_listed: Option<Instant>,
+    /// When the pods are listed again anyway.
+    next_list: Instant,
 }
 
 struct Supervisor {
@@ -76,6 +79,8 @@ struct Supervisor {
     caches_relist: Option<Vec<Arc<ImageCache>>>,
     /// CachedImages seen during a relist of their watch.
     objects_relist: Option<Vec<CachedImage>>,
+    /// The CachedImage watch has completed its first list.
+    objects_synced: bool,
 }
 
 /// Runs the sync until `shutdown`; `namespace` limits it to one namespace.
@@ -85,9 +90,8 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
     // Metadata only: a pod event just triggers a re-list.
     let pods: Api<PartialObjectMeta<Pod>> = api(&client, &namespace);
     let objects: Api<CachedImage> = api(&client, &namespace);
-    let pod_selector = format!(
-        "app.kubernetes.io/name={APP_NAME},app.kubernetes.io/component={COMPONENT}"
-    );
+    let pod_selector =
+        format!("app.kubernetes.io/name={APP_NAME},app.kubernetes.io/component={COMPONENT}");
     let mut cache_events = watcher(caches, watcher::Config::default())
         .default_backoff()
         .boxed();
@@ -106,6 +110,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
         next_id: 0,
         caches_relist: None,
         objects_relist: None,
+        objects_synced: false,
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -162,12 +167,21 @@ fn key_of<K: kube::Resource>(obj: &K) -> CacheKey {
 impl Supervisor {
     fn entry(&mut self, key: &CacheKey) -> &mut Entry {
         let interval = self.ctx.settings.min_update_interval;
-        self.caches.entry(key.clone()).or_insert_with(|| Entry {
-            state: CacheSync::new(&key.1, interval),
-            ic: None,
-            tasks: BTreeMap::new(),
-            refresh: true,
-            last_listed: None,
+        let objects_synced = self.objects_synced;
+        let now = self.ctx.now();
+        self.caches.entry(key.clone()).or_insert_with(|| {
+            let mut state = CacheSync::new(&key.1, interval);
+            if objects_synced {
+                // Past the first list, a cache with no entry has no objects.
+                state.handle(Input::ObjectsListed(Vec::new()), now);
+            }
+            Entry {
+                state,
+                ic: None,
+                tasks: BTreeMap::new(),
+                refresh: true,
+                next_list: Instant::now(),
+            }
         })
     }
 
@@ -203,6 +217,18 @@ impl Supervisor {
     async fn set_cache(&mut self, key: &CacheKey, ic: Option<Arc<ImageCache>>) {
         let ic = ic.filter(|ic| ic.metadata.deletion_timestamp.is_none());
         let entry = self.entry(key);
+        let same = match (&entry.ic, &ic) {
+            (Some(old), Some(new)) => {
+                old.metadata.uid == new.metadata.uid
+                    && old.metadata.generation == new.metadata.generation
+            }
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            // A status update of the cache: nothing the sync depends on changed.
+            return;
+        }
         entry.ic = ic.clone();
         if ic.is_none() {
             for (_, task) in std::mem::take(&mut entry.tasks) {
@@ -247,6 +273,7 @@ impl Supervisor {
                 for o in self.objects_relist.take().unwrap_or_default() {
                     by_cache.entry(cache_of(&o)).or_default().push(o);
                 }
+                self.objects_synced = true;
                 for (key, list) in by_cache {
                     self.entry(&key);
                     self.feed(&key, Input::ObjectsListed(list)).await;
@@ -282,12 +309,15 @@ impl Supervisor {
 
     async fn tick(&mut self) {
         let now = Instant::now();
+        // Forget caches with nothing left: no ImageCache, no watches, no objects.
+        self.caches
+            .retain(|_, e| e.ic.is_some() || !e.tasks.is_empty() || e.state.object_count() > 0);
         let keys: Vec<CacheKey> = self.caches.keys().cloned().collect();
         for key in keys {
-            let due = self.caches.get(&key).is_some_and(|e| {
-                e.ic.is_some()
-                    && (e.refresh || e.last_listed.is_none_or(|t| now - t >= RESYNC_PODS))
-            });
+            let due = self
+                .caches
+                .get(&key)
+                .is_some_and(|e| e.ic.is_some() && (e.refresh || now >= e.next_list));
             if due {
                 self.refresh_pods(&key).await;
             }
@@ -304,7 +334,12 @@ impl Supervisor {
         let listed = pods::list(&self.ctx.client, &ic).await;
         let entry = self.entry(key);
         entry.refresh = false;
-        entry.last_listed = Some(Instant::now());
+        let after = if listed.is_ok() {
+            RESYNC_PODS
+        } else {
+            RETRY_PODS
+        };
+        entry.next_list = Instant::now() + after;
         let list = match listed {
             Ok(list) => list,
             Err(e) => {
@@ -330,7 +365,11 @@ impl Supervisor {
         }
         self.feed(key, Input::Pods(list)).await;
         for (pod, target) in targets {
-            if self.caches.get(key).is_some_and(|e| e.tasks.contains_key(&pod)) {
+            if self
+                .caches
+                .get(key)
+                .is_some_and(|e| e.tasks.contains_key(&pod))
+            {
                 continue;
             }
             let client = match self.ctx.registry.image_client(&target) {
@@ -421,8 +460,7 @@ pub async fn execute(ctx: &Context, namespace: &str, write: Write) -> Input {
                 }
             }
         }
-        Write::Delete { digest, name } => match api.delete(&name, &DeleteParams::default()).await
-        {
+        Write::Delete { digest, name } => match api.delete(&name, &DeleteParams::default()).await {
             Ok(either) => {
                 ctx.metrics.cachedimage_writes.inc();
                 Input::Deleted {
@@ -571,7 +609,10 @@ mod tests {
         server.expect(Method::DELETE, PATH).await.not_found();
         assert!(matches!(
             task.await.unwrap(),
-            Input::Deleted { remaining: None, .. }
+            Input::Deleted {
+                remaining: None,
+                ..
+            }
         ));
 
         // Refused: retried later.
@@ -584,5 +625,188 @@ mod tests {
         assert!(matches!(task.await.unwrap(), Input::Failed(d) if d == digest()));
         // Only the delete that deleted something was a write.
         assert_eq!(ctx.metrics.cachedimage_writes.get(), 1);
+    }
+
+    /// Registry pods whose Image API is the test's second mocked server.
+    struct ImageApiRegistry(Client);
+
+    impl pods::RegistryApi for ImageApiRegistry {
+        fn status<'a>(
+            &'a self,
+            _: &'a PodTarget,
+        ) -> pods::BoxFuture<'a, Result<crate::admin::status::CacheStatus, pods::RegistryError>>
+        {
+            Box::pin(async { Err(pods::RegistryError::Http("not in this test".into())) })
+        }
+        fn prune<'a>(
+            &'a self,
+            _: &'a PodTarget,
+            _: &'a crate::prune::PruneRequest,
+        ) -> pods::BoxFuture<'a, Result<crate::prune::Report, pods::RegistryError>> {
+            Box::pin(async { Err(pods::RegistryError::Http("not in this test".into())) })
+        }
+        fn image_client(&self, _: &PodTarget) -> Result<Client, pods::RegistryError> {
+            Ok(self.0.clone())
+        }
+    }
+
+    fn is_watch(ex: &mock::Exchange) -> bool {
+        ex.query("watch").as_deref() == Some("true")
+    }
+
+    fn list(kind: &str, api_version: &str, items: Vec<serde_json::Value>) -> serde_json::Value {
+        json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": "7"},
+            "items": items})
+    }
+
+    /// The whole sync against mocked API servers: the cache's pod is listed, its Image API
+    /// listed and watched, its image mirrored, an object left from before a restart deleted,
+    /// and the watch stopped on shutdown.
+    #[tokio::test]
+    async fn sync_mirrors_a_pods_images_and_deletes_stale_objects() {
+        let (image_client, mut image_api) = mock::mock_client();
+        let (client, mut server) = mock::mock_client();
+        let ctx = Arc::new(
+            Context::new(
+                client,
+                Arc::new(ImageApiRegistry(image_client)),
+                Arc::new(crate::operator::metrics::OperatorMetrics::new()),
+                crate::operator::Settings::default(),
+            )
+            .with_clock("2026-01-01T00:00:00Z".parse().unwrap()),
+        );
+        let shutdown = CancellationToken::new();
+        let sync = tokio::spawn(run(ctx.clone(), Some("ns".into()), shutdown.clone()));
+
+        // mirror-0's Image API: one image, then a watch left open.
+        let image = json!({"apiVersion": "image.openshift.io/v1", "kind": "Image",
+            "metadata": {"name": digest().to_string(), "resourceVersion": "5",
+                "labels": {"imagecache.io/registry": "docker.io"},
+                "annotations": {"imagecache.io/tags": "docker.io/library/x:1"}},
+            "dockerImageReference": format!("docker.io/library/x@{}", digest()),
+            "dockerImageManifestMediaType": "application/vnd.oci.image.manifest.v1+json",
+            "dockerImageMetadata": {"Size": 1234}});
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let images = tokio::spawn(async move {
+            let ex = image_api
+                .expect(Method::GET, "/apis/image.openshift.io/v1/images")
+                .await;
+            assert!(!is_watch(&ex));
+            ex.respond(200, list("ImageList", "image.openshift.io/v1", vec![image]));
+            let watch = image_api
+                .expect(Method::GET, "/apis/image.openshift.io/v1/images")
+                .await;
+            assert!(is_watch(&watch));
+            let _ = done_rx.await;
+            drop(watch);
+        });
+
+        let base = "/apis/imagecache.io/v1alpha1/namespaces/ns";
+        let stale = format!("mirror-sha256-{}", "b".repeat(64));
+        let mine = format!("mirror-sha256-{}", "a".repeat(64));
+        let mut held = Vec::new();
+        let mut applied = None;
+        let mut deleted = false;
+        while applied.is_none() || !deleted {
+            let ex = server.next().await;
+            let path = ex.uri.split('?').next().unwrap_or_default().to_owned();
+            if is_watch(&ex) {
+                held.push(ex);
+                continue;
+            }
+            match (ex.method.as_str(), path.as_str()) {
+                ("GET", p) if p == format!("{base}/imagecaches") => ex.respond(
+                    200,
+                    list(
+                        "ImageCacheList",
+                        "imagecache.io/v1alpha1",
+                        vec![
+                            json!({"apiVersion": "imagecache.io/v1alpha1", "kind": "ImageCache",
+                            "metadata": {"name": "mirror", "namespace": "ns", "uid": "ic-uid",
+                                "generation": 1},
+                            "spec": {}}),
+                        ],
+                    ),
+                ),
+                ("GET", p) if p == format!("{base}/cachedimages") => {
+                    assert_eq!(ex.query("labelSelector").as_deref(), Some(CACHE_LABEL));
+                    ex.respond(
+                        200,
+                        list(
+                            "CachedImageList",
+                            "imagecache.io/v1alpha1",
+                            vec![json!({"apiVersion": "imagecache.io/v1alpha1",
+                                "kind": "CachedImage",
+                                "metadata": {"name": stale, "namespace": "ns",
+                                    "labels": {CACHE_LABEL: "mirror"},
+                                    "finalizers": [super::super::FINALIZER]},
+                                "spec": {"cacheRef": {"name": "mirror"},
+                                    "digest": format!("sha256:{}", "b".repeat(64)),
+                                    "reference": "r", "mediaType": "m",
+                                    "pods": ["mirror-0"]}})],
+                        ),
+                    )
+                }
+                ("GET", "/api/v1/namespaces/ns/pods") => {
+                    let selector = ex.query("labelSelector").unwrap_or_default();
+                    if selector.contains("instance=mirror") {
+                        ex.respond(
+                            200,
+                            list(
+                                "PodList",
+                                "v1",
+                                vec![json!({"metadata": {"name": "mirror-0", "namespace": "ns"},
+                                    "spec": {"containers": [{"name": "registry"}]},
+                                    "status": {"podIP": "10.0.0.1",
+                                        "conditions": [{"type": "Ready", "status": "True"}]}})],
+                            ),
+                        )
+                    } else {
+                        ex.respond(
+                            200,
+                            list("PartialObjectMetadataList", "meta.k8s.io/v1", vec![]),
+                        )
+                    }
+                }
+                ("GET", "/api/v1/namespaces/ns/secrets/mirror-admin-token") => ex.not_found(),
+                ("PATCH", p) if p == format!("{base}/cachedimages/{mine}") => {
+                    assert_eq!(ex.query("fieldManager").as_deref(), Some(MANAGER));
+                    applied = Some(ex.body.clone());
+                    ex.echo();
+                }
+                ("DELETE", p) if p == format!("{base}/cachedimages/{stale}") => {
+                    deleted = true;
+                    ex.respond(
+                        200,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+                    );
+                }
+                (m, p) => panic!("unexpected request {m} {p}"),
+            }
+        }
+        let applied = applied.unwrap();
+        assert_eq!(applied["spec"]["pods"], json!(["mirror-0"]));
+        assert_eq!(applied["spec"]["tags"], json!(["docker.io/library/x:1"]));
+        assert_eq!(applied["spec"]["size"], 1234);
+        assert_eq!(applied["metadata"]["labels"][CACHE_LABEL], "mirror");
+        assert_eq!(applied["metadata"]["ownerReferences"][0]["uid"], "ic-uid");
+        assert_eq!(
+            ctx.metrics.image_watches.get(),
+            1,
+            "one watch per ready pod"
+        );
+
+        shutdown.cancel();
+        sync.await.unwrap();
+        // The last response is handled before the shutdown is noticed.
+        assert_eq!(ctx.metrics.cachedimage_writes.get(), 2);
+        assert_eq!(
+            ctx.metrics.image_watches.get(),
+            0,
+            "watches stop on shutdown"
+        );
+        let _ = done_tx.send(());
+        images.await.unwrap();
+        drop(held);
     }
 }
