@@ -67,8 +67,19 @@ async fn reconcile_inner(obj: Arc<CachedImage>, ctx: &Context) -> Result<Action,
     })
 }
 
-/// Prunes the digest from every ready pod of the cache; an error keeps the finalizer.
+/// Prunes the digest from every ready pod of the cache; an error keeps the finalizer and is
+/// recorded in the object's `Pruned` condition (best effort).
 async fn cleanup(obj: &CachedImage, ctx: &Context) -> Result<Action, OperatorError> {
+    let result = prune_everywhere(obj, ctx).await;
+    if let Err(err) = &result
+        && let Err(e) = record_failure(obj, ctx, err).await
+    {
+        tracing::warn!(cachedimage = %obj.name_any(), error = %e, "cannot record the failed prune");
+    }
+    result
+}
+
+async fn prune_everywhere(obj: &CachedImage, ctx: &Context) -> Result<Action, OperatorError> {
     let ns = obj
         .namespace()
         .ok_or(OperatorError::MissingField("namespace"))?;
@@ -84,31 +95,30 @@ async fn cleanup(obj: &CachedImage, ctx: &Context) -> Result<Action, OperatorErr
     }
 
     let request = PruneRequest::delete(vec![obj.spec.digest.clone()]);
-    let mut failures = Vec::new();
+    // Every ready pod is asked even after a failure, so a retry finds less to do.
+    let mut failed: Vec<(String, String)> = Vec::new();
     for pod in pods::list(&ctx.client, &ic).await? {
         let Some(target) = pod.target else { continue };
         match ctx.registry.prune(&target, &request).await {
             Ok(report) => match report.refused {
-                Some(why) => failures.push(OperatorError::Registry {
-                    pod: pod.name,
-                    message: format!("prune refused: {why}"),
-                }),
+                Some(why) => failed.push((pod.name, format!("prune refused: {why}"))),
                 None => tracing::info!(
                     cachedimage = %obj.name_any(), pod = %pod.name,
                     manifests = report.totals.manifests, bytes = report.totals.bytes,
                     "pruned"
                 ),
             },
-            Err(e) => failures.push(e.at(&pod.name)),
+            Err(e) => failed.push((pod.name, e.to_string())),
         }
     }
-    let Some(first) = failures.into_iter().next() else {
+    if failed.is_empty() {
         return Ok(Action::await_change());
-    };
-    if let Err(e) = record_failure(obj, ctx, &first).await {
-        tracing::warn!(cachedimage = %obj.name_any(), error = %e, "cannot record the failed prune");
     }
-    Err(first)
+    let (pods, messages): (Vec<String>, Vec<String>) = failed.into_iter().unzip();
+    Err(OperatorError::Registry {
+        pod: pods.join(", "),
+        message: messages.join("; "),
+    })
 }
 
 /// Whether the object belongs to this ImageCache (its controller owner, when it names one),

@@ -225,6 +225,50 @@ async fn a_refused_prune_counts_as_a_failure() {
 }
 
 #[tokio::test]
+async fn every_failing_pod_is_named_and_api_errors_are_recorded_too() {
+    let registry = FakeRegistry::new();
+    registry.set_report("mirror-0", Err("disk on fire".into()));
+    // mirror-1 has no answer at all: connection refused.
+    let (ctx, mut server) = mock::context(registry.clone(), NOW);
+    let task = tokio::spawn(reconcile(cimg(&[FINALIZER], true), ctx.clone()));
+    answer_cache_and_pods(&mut server).await;
+    let status = server
+        .expect(Method::PATCH, &format!("{PATH}/status"))
+        .await;
+    status.echo();
+    let err = task.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, OperatorError::Registry { pod, message }
+            if pod == "mirror-0, mirror-1" && message.contains("disk on fire")
+                && message.contains("connection refused")),
+        "{err:?}"
+    );
+
+    // The cache cannot be read: the error is recorded as well.
+    let task = tokio::spawn(reconcile(cimg(&[FINALIZER], true), ctx));
+    server
+        .expect(
+            Method::GET,
+            "/apis/imagecache.io/v1alpha1/namespaces/ns/imagecaches/mirror",
+        )
+        .await
+        .respond(
+            403,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "reason": "Forbidden", "code": 403, "message": "forbidden"}),
+        );
+    let status = server
+        .expect(Method::PATCH, &format!("{PATH}/status"))
+        .await;
+    assert_eq!(
+        status.body["status"]["conditions"][0]["reason"],
+        "KubernetesAPIError"
+    );
+    status.echo();
+    assert!(matches!(task.await.unwrap(), Err(OperatorError::Kube(_))));
+}
+
+#[tokio::test]
 async fn a_missing_cache_releases_at_once() {
     let registry = FakeRegistry::new();
     let (ctx, mut server) = mock::context(registry.clone(), NOW);

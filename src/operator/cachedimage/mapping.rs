@@ -59,7 +59,7 @@ pub fn object_name(cache: &str, digest: &Digest) -> String {
     format!("{prefix}-{tag}{suffix}")
 }
 
-/// The labels of a cache's CachedImages, for selection (`imagecache.io/cache=<value>`).
+/// The value of [`CACHE_LABEL`] for a cache (names over 63 characters are shortened).
 pub fn cache_label_value(cache: &str) -> String {
     label_value(cache)
 }

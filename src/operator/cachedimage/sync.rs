@@ -92,15 +92,16 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
     let objects: Api<CachedImage> = api(&client, &namespace);
     let pod_selector =
         format!("app.kubernetes.io/name={APP_NAME},app.kubernetes.io/component={COMPONENT}");
-    let mut cache_events = watcher(caches, watcher::Config::default())
+    let mut cache_events = watcher::watcher(caches, watcher::Config::default())
         .default_backoff()
         .boxed();
-    let mut pod_events = watcher(pods, watcher::Config::default().labels(&pod_selector))
+    let mut pod_events = watcher::watcher(pods, watcher::Config::default().labels(&pod_selector))
         .default_backoff()
         .boxed();
-    let mut object_events = watcher(objects, watcher::Config::default().labels(CACHE_LABEL))
-        .default_backoff()
-        .boxed();
+    let mut object_events =
+        watcher::watcher(objects, watcher::Config::default().labels(CACHE_LABEL))
+            .default_backoff()
+            .boxed();
     let (tx, mut rx) = mpsc::channel(CHANNEL);
     let mut sup = Supervisor {
         ctx,
@@ -145,16 +146,6 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
-}
-
-fn watcher<K>(
-    api: Api<K>,
-    config: watcher::Config,
-) -> impl futures_util::Stream<Item = Result<Event<K>, watcher::Error>> + Send
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    watcher::watcher(api, config)
 }
 
 fn key_of<K: kube::Resource>(obj: &K) -> CacheKey {
@@ -502,7 +493,7 @@ async fn watch_images(
     ctx.metrics.image_watches.inc();
     let _gauge = WatchGauge(ctx);
     let api: Api<Image> = Api::all(client);
-    let mut events = watcher(api, watcher::Config::default())
+    let mut events = watcher::watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
     loop {
