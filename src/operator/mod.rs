@@ -6,8 +6,11 @@
 //! - [`prunepolicy`]: the PrunePolicy controller (scheduled prunes of a cache's pods), with
 //!   [`inuse`], the images the cluster uses.
 //! - [`conditions`]: status conditions per the API conventions.
+//! - [`cachedimage`]: the CachedImage sync from the registry pods' Image API, and the finalizer
+//!   that prunes a deleted CachedImage's image from the cache.
 //! - [`context`], [`error`], [`metrics`]: what the reconcilers share.
 
+pub mod cachedimage;
 pub mod conditions;
 pub mod context;
 pub mod desired;

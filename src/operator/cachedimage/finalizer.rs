@@ -1,0 +1,210 @@
+//! The CachedImage controller: it only keeps the `imagecache.io/prune` finalizer. On deletion it
+//! prunes the digest from every ready registry pod of the cache, then lets the object go.
+//!
+//! - The ImageCache is gone, being deleted, or replaced by a new one of the same name: the
+//!   object is let go at once (there is nothing of its cache left to prune).
+//! - A pod fails: a `Pruned=False` condition is written to the object's status and the error
+//!   returned; the controller retries with backoff and the object stays until every ready pod
+//!   has pruned the digest. A pod that is not ready is skipped: if it still holds the image when
+//!   it comes back, the sync creates the CachedImage again.
+//!
+//! The finalizer list is changed only by kube's finalizer helper (JSON patches), never by the
+//! sync's server-side applies, so the two never fight over it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::Controller;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{self, Event};
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use tokio_util::sync::CancellationToken;
+
+use super::FINALIZER;
+use crate::crd::{CachedImage, CachedImageStatus, ImageCache};
+use crate::operator::conditions::{self, Cond};
+use crate::operator::context::{Context, MANAGER, object_key};
+use crate::operator::error::OperatorError;
+use crate::operator::metrics::Controller as Ctl;
+use crate::operator::pods;
+use crate::prune::PruneRequest;
+
+/// The condition saying whether the deletion's prune went through.
+pub const PRUNED: &str = "Pruned";
+
+/// Ensures the finalizer; on deletion prunes the digest and releases the object.
+pub async fn reconcile(obj: Arc<CachedImage>, ctx: Arc<Context>) -> Result<Action, OperatorError> {
+    let started = Instant::now();
+    let result = reconcile_inner(obj.clone(), &ctx).await;
+    ctx.metrics
+        .reconciled(Ctl::cachedimage, started, result.as_ref().err());
+    if result.is_ok() {
+        ctx.reset_backoff(&object_key(&*obj));
+    }
+    result
+}
+
+async fn reconcile_inner(obj: Arc<CachedImage>, ctx: &Context) -> Result<Action, OperatorError> {
+    let ns = obj
+        .namespace()
+        .ok_or(OperatorError::MissingField("namespace"))?;
+    let api: Api<CachedImage> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer::finalizer(&api, FINALIZER, obj, |event| async move {
+        match event {
+            Event::Apply(_) => Ok(Action::await_change()),
+            Event::Cleanup(obj) => cleanup(&obj, ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => e.into(),
+        other => OperatorError::Finalizer(other.to_string()),
+    })
+}
+
+/// Prunes the digest from every ready pod of the cache; an error keeps the finalizer and is
+/// recorded in the object's `Pruned` condition (best effort).
+async fn cleanup(obj: &CachedImage, ctx: &Context) -> Result<Action, OperatorError> {
+    let result = prune_everywhere(obj, ctx).await;
+    if let Err(err) = &result
+        && let Err(e) = record_failure(obj, ctx, err).await
+    {
+        tracing::warn!(cachedimage = %obj.name_any(), error = %e, "cannot record the failed prune");
+    }
+    result
+}
+
+async fn prune_everywhere(obj: &CachedImage, ctx: &Context) -> Result<Action, OperatorError> {
+    let ns = obj
+        .namespace()
+        .ok_or(OperatorError::MissingField("namespace"))?;
+    let caches: Api<ImageCache> = Api::namespaced(ctx.client.clone(), &ns);
+    let cache = &obj.spec.cache_ref.name;
+    let Some(ic) = caches.get_opt(cache).await? else {
+        tracing::info!(cachedimage = %obj.name_any(), %cache, "cache gone, releasing");
+        return Ok(Action::await_change());
+    };
+    if !same_cache(obj, &ic) {
+        tracing::info!(cachedimage = %obj.name_any(), %cache, "cache going or replaced, releasing");
+        return Ok(Action::await_change());
+    }
+
+    let request = PruneRequest::delete(vec![obj.spec.digest.clone()]);
+    // Every ready pod is asked even after a failure, so a retry finds less to do.
+    let mut failed: Vec<(String, String)> = Vec::new();
+    for pod in pods::list(&ctx.client, &ic).await? {
+        let Some(target) = pod.target else { continue };
+        match ctx.registry.prune(&target, &request).await {
+            Ok(report) => match report.refused {
+                Some(why) => failed.push((pod.name, format!("prune refused: {why}"))),
+                None => tracing::info!(
+                    cachedimage = %obj.name_any(), pod = %pod.name,
+                    manifests = report.totals.manifests, bytes = report.totals.bytes,
+                    "pruned"
+                ),
+            },
+            Err(e) => failed.push((pod.name, e.to_string())),
+        }
+    }
+    if failed.is_empty() {
+        return Ok(Action::await_change());
+    }
+    let (pods, messages): (Vec<String>, Vec<String>) = failed.into_iter().unzip();
+    Err(OperatorError::Registry {
+        pod: pods.join(", "),
+        message: messages.join("; "),
+    })
+}
+
+/// Whether the object belongs to this ImageCache (its controller owner, when it names one),
+/// and the cache is not being deleted.
+fn same_cache(obj: &CachedImage, ic: &ImageCache) -> bool {
+    if ic.metadata.deletion_timestamp.is_some() {
+        return false;
+    }
+    let owner = obj
+        .owner_references()
+        .iter()
+        .find(|o| o.kind == "ImageCache" && o.controller == Some(true));
+    match (owner, ic.metadata.uid.as_deref()) {
+        (Some(o), Some(uid)) => o.uid == uid,
+        _ => true,
+    }
+}
+
+/// Writes `Pruned=False` with the error to the object's status (server-side apply).
+async fn record_failure(
+    obj: &CachedImage,
+    ctx: &Context,
+    err: &OperatorError,
+) -> Result<(), OperatorError> {
+    let ns = obj
+        .namespace()
+        .ok_or(OperatorError::MissingField("namespace"))?;
+    let mut status = obj.status.clone().unwrap_or_default();
+    let generation = obj.metadata.generation;
+    conditions::set(
+        &mut status.conditions,
+        Cond::new(PRUNED, false, err.reason(), err.to_string()),
+        generation,
+        Time(ctx.now()),
+    );
+    status.observed_generation = generation;
+    let patch = status_patch(&status);
+    let api: Api<CachedImage> = Api::namespaced(ctx.client.clone(), &ns);
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await?;
+    Ok(())
+}
+
+fn status_patch(status: &CachedImageStatus) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": format!("{}/{}", crate::crd::GROUP, crate::crd::VERSION),
+        "kind": "CachedImage",
+        "status": status,
+    })
+}
+
+/// Requeues after the object's backoff.
+pub fn error_policy(obj: Arc<CachedImage>, err: &OperatorError, ctx: Arc<Context>) -> Action {
+    let delay = ctx.backoff(&object_key(&*obj));
+    tracing::warn!(
+        cachedimage = %obj.name_any(),
+        namespace = obj.namespace().unwrap_or_default(),
+        error = %err,
+        retry_in = ?delay,
+        "CachedImage reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// Runs the CachedImage controller until `shutdown`.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: CancellationToken) {
+    let api: Api<CachedImage> = match &namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    // Spec changes reconcile too; with the finalizer in place those make no API call.
+    Controller::new(api, watcher::Config::default())
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "CachedImage controller");
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+#[path = "finalizer_tests.rs"]
+mod tests;
