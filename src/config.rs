@@ -41,7 +41,28 @@ pub struct Config {
     /// Changes the Image API can replay to a watcher resuming from a resourceVersion.
     pub change_history: usize,
     pub prune_config: PruneConfig,
+    /// Images pulled into the cache at start-up.
+    #[serde(skip_serializing_if = "PreloadConfig::is_empty")]
+    pub preload: PreloadConfig,
     pub log: LogConfig,
+}
+
+/// Images the server pulls into the cache when it starts (in the background, after it is
+/// ready), retrying failures with backoff until each one is cached. Already cached content is
+/// not fetched again.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PreloadConfig {
+    /// References as `load` reads them (`nginx:1.27`, `quay.io/org/app@sha256:...`).
+    pub images: Vec<String>,
+    /// Platforms fetched from indexes (`linux/amd64`, `linux/arm64/v8`); all when empty.
+    pub platforms: Vec<String>,
+}
+
+impl PreloadConfig {
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty() && self.platforms.is_empty()
+    }
 }
 
 /// Background pruning (design section 4).
@@ -106,6 +127,7 @@ impl Default for Config {
             access_flush_interval: Duration::from_secs(10),
             change_history: crate::store::CHANGE_HISTORY,
             prune_config: PruneConfig::default(),
+            preload: PreloadConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -299,6 +321,14 @@ impl Config {
                     r.name
                 ));
             }
+        }
+        for image in &self.preload.images {
+            crate::load::parse_image_reference(image, &self.default_registry)
+                .map_err(|e| ConfigError::Invalid(format!("preload.images: {e}")))?;
+        }
+        for platform in &self.preload.platforms {
+            crate::registry::pull::parse_platform(platform)
+                .map_err(|e| ConfigError::Invalid(format!("preload.platforms: {e}")))?;
         }
         self.prune_config.schedule()?;
         self.prune_config

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -115,16 +115,28 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         let request = config.prune_config.request.clone();
         tokio::spawn(prune_loop(pruner, schedule, request, shutdown.clone()))
     });
+    // Preloading runs beside the server in this task (its pull future is not `Send`-provable
+    // for `tokio::spawn`); it ends when done or at shutdown.
+    let preload = {
+        let (state, preload, shutdown) = (state.clone(), config.preload.clone(), shutdown.clone());
+        async move {
+            if !preload.images.is_empty() {
+                preload_loop(state, preload, shutdown).await;
+            }
+        }
+    };
     let signals = tokio::spawn(stop_on_signal(shutdown.clone()));
-    let result = axum::serve(listener, registry::router(state))
+    let serve = axum::serve(listener, registry::router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+        .into_future();
+    let (result, ()) = tokio::join!(serve, preload);
     shutdown.cancel();
     signals.abort();
     let _ = flusher.await;
     if let Some(b) = background {
         let _ = b.await;
     }
+
     let _ = admin_task.await;
     // Last word on pull statistics before exit.
     let flushed = tokio::task::spawn_blocking(move || store.flush_access())
@@ -192,4 +204,66 @@ async fn stop_on_signal(stop: CancellationToken) {
     }
     tracing::info!("shutdown requested; finishing requests in flight");
     stop.cancel();
+}
+
+/// First retry of a failed preload; doubles up to [`PRELOAD_MAX_BACKOFF`].
+const PRELOAD_BACKOFF: Duration = Duration::from_secs(10);
+const PRELOAD_MAX_BACKOFF: Duration = Duration::from_secs(600);
+
+/// Pulls every `preload` image through the cache (as a client pull would), retrying the
+/// failures with backoff until all are cached or the server stops. The config was validated at
+/// start, so references and platforms parse.
+async fn preload_loop(
+    state: Arc<registry::AppState>,
+    preload: crate::config::PreloadConfig,
+    shutdown: CancellationToken,
+) {
+    let platforms: Vec<_> = preload
+        .platforms
+        .iter()
+        .filter_map(|p| crate::registry::pull::parse_platform(p).ok())
+        .collect();
+    let mut pending: Vec<crate::load::ImageRef> = preload
+        .images
+        .iter()
+        .filter_map(|i| crate::load::parse_image_reference(i, &state.config.default_registry).ok())
+        .collect();
+    let mut delay = PRELOAD_BACKOFF;
+    loop {
+        let mut failed = Vec::new();
+        for image in pending {
+            let pull = crate::registry::pull::pull_image(
+                &state,
+                &image.repo,
+                image.reference(),
+                &platforms,
+            );
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                result = pull => match result {
+                    Ok(s) => tracing::info!(
+                        image = %image,
+                        digest = %s.digest,
+                        bytes_fetched = s.bytes_fetched,
+                        bytes_cached = s.bytes_cached,
+                        "preloaded"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(image = %image, error = %e, retry_in = ?delay, "preload failed");
+                        failed.push(image);
+                    }
+                },
+            }
+        }
+        if failed.is_empty() {
+            tracing::info!(images = preload.images.len(), "preload complete");
+            return;
+        }
+        pending = failed;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(PRELOAD_MAX_BACKOFF);
+    }
 }

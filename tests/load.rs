@@ -490,3 +490,70 @@ fn load_refuses_a_cache_held_by_a_server() {
     assert!(run.stderr.contains("in use"), "{run:?}");
     assert!(cache.data_dir().join("blobs").exists());
 }
+
+/// `preload` in the server's config: the listed images are pulled at start-up without any
+/// client asking (one platform of an index only), and an image whose upstream is down at start
+/// is retried until it is cached.
+#[test]
+fn serve_preloads_its_list_and_retries_failures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dist = Distribution::start();
+    let multi = gen_multiarch(&tmp.path().join("multi"), 60, &platforms2(), &[3000, 7000]);
+    dist.push(&multi.source_ref(), "team/multi:v1");
+    let mut late = Distribution::start();
+    let single = gen_image(&tmp.path().join("single"), 61, &[4000], &Platform::linux_amd64());
+    late.push(&single.source_ref(), "team/single:v1");
+    late.kill();
+    let cache = ImageCache::builder()
+        .registry(UPSTREAM, &dist.url())
+        .registry("late.test", &late.url())
+        .set(
+            "preload",
+            serde_json::json!({
+                "images": [format!("{UPSTREAM}/team/multi:v1"), "late.test/team/single:v1"],
+                "platforms": ["linux/arm64"]
+            }),
+        )
+        .start();
+    let (amd64, arm64) = (&multi.children[0], &multi.children[1]);
+    let held = || {
+        runtime().block_on(async {
+            let r = get(
+                &client(),
+                &format!("{}/cmd/manifest/list?format=json&count=-1", cache.admin_url()),
+                &[],
+            )
+            .await;
+            let rows: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            rows.as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["digest"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        })
+    };
+    let first = wait_for(std::time::Duration::from_secs(30), || {
+        let h = held();
+        h.contains(&arm64.manifest.digest).then_some(h)
+    })
+    .unwrap_or_else(|| panic!("the index was not preloaded:\n{}", cache.log_tail()));
+    assert!(first.contains(&multi.digest().to_string()), "{first:?}");
+    assert!(
+        !first.contains(&amd64.manifest.digest),
+        "only the asked platform is preloaded"
+    );
+    let gets = dist.blob_gets_by_digest();
+    for b in std::iter::once(&arm64.config).chain(&arm64.layers) {
+        assert_eq!(gets.get(&b.digest), Some(&1), "arm64 blob {} fetched once", b.digest);
+    }
+    assert!(!first.contains(&single.digest().to_string()));
+    assert!(cache.log().contains("preload failed"), "{}", cache.log_tail());
+
+    // The second upstream comes back: the next retry (10 s after the failure) caches it.
+    late.restart();
+    wait_for(std::time::Duration::from_secs(40), || {
+        held().contains(&single.digest().to_string()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the failed preload was not retried:\n{}", cache.log_tail()));
+    assert!(cache.log().contains("preload complete"), "{}", cache.log_tail());
+}
