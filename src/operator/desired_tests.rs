@@ -782,7 +782,10 @@ fn node_mirror_url_from_the_applied_service() {
         Some("http://[fd00::12]:5000")
     );
     // Not allocated yet: no URL, the DaemonSet waits.
-    assert_eq!(node_mirror_url(&ic, &applied("spec: {type: ClusterIP}")), None);
+    assert_eq!(
+        node_mirror_url(&ic, &applied("spec: {type: ClusterIP}")),
+        None
+    );
     assert_eq!(node_mirror_url(&ic, &applied("metadata: {name: x}")), None);
 
     // NodePort: the node's own port, the allocated one when the spec leaves it out.

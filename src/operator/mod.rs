@@ -1,7 +1,9 @@
 //! The ImageCache operator (design section 6).
 //!
 //! - [`desired`]: the pure desired state of an ImageCache's children (ConfigMap, StatefulSet,
-//!   Services, admin token Secret, PodDisruptionBudget), built from the spec with no API calls.
+//!   Services, admin token Secret, PodDisruptionBudget, node-config DaemonSet), built from the
+//!   spec with no API calls.
+//! - [`imagecache`]: the ImageCache controller (children by server-side apply, status, events).
 //! - [`pods`]: the registry pods of a cache and the calls made to them (admin API, Image API).
 //! - [`conditions`]: status conditions per the API conventions.
 //! - [`context`], [`error`], [`metrics`]: what the reconcilers share.
@@ -10,6 +12,7 @@ pub mod conditions;
 pub mod context;
 pub mod desired;
 pub mod error;
+pub mod imagecache;
 pub mod metrics;
 pub mod pods;
 
