@@ -3,7 +3,8 @@
 //! Every object carries a controller owner reference to the ImageCache and Helm's recommended
 //! labels; the reconciler applies them with server-side apply. Names:
 //! `<name>` (StatefulSet, client Service), `<name>-headless`, `<name>-config`,
-//! `<name>-admin-token`, `<name>-pdb`.
+//! `<name>-admin-token`, `<name>-pdb`, and with node mirroring `<name>-node-config` (a DaemonSet
+//! running `imagecache node-config` on every node).
 //!
 //! Inside a registry pod:
 //! - `/etc/imagecache/config.yaml`: the registry config of design section 2 (from the ConfigMap);
@@ -15,13 +16,14 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    HTTPGetAction, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile, Secret,
-    SecretProjection, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
-    Volume, VolumeMount, VolumeProjection, VolumeResourceRequirements,
+    HTTPGetAction, HostPathVolumeSource, KeyToPath, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, Secret, SecretProjection,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Toleration, Volume,
+    VolumeMount, VolumeProjection, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -30,12 +32,22 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::crd::{ImageCache, ServiceType, UpstreamSpec};
+use crate::crd::{ImageCache, MirrorRuntime, ServiceType, UpstreamSpec};
 
 /// `app.kubernetes.io/name` of everything the operator creates.
 pub const APP_NAME: &str = "imagecache";
 /// `app.kubernetes.io/component` of a cache's children.
 pub const COMPONENT: &str = "registry";
+/// `app.kubernetes.io/component` of the node-config DaemonSet and its pods.
+pub const NODE_CONFIG_COMPONENT: &str = "node-config";
+/// `app.kubernetes.io/name` of the node-config pods. It differs from [`APP_NAME`] because the
+/// registry pods' selector (name and instance, immutable) must not match them: the Services,
+/// the PodDisruptionBudget and the operator's pod listing would take them for registry pods.
+pub const NODE_CONFIG_APP_NAME: &str = "imagecache-node-config";
+/// `containerd`'s registry host directory (`<dir>/<registry>/hosts.toml`).
+pub const CONTAINERD_HOSTS_DIR: &str = "/etc/containerd/certs.d";
+/// CRI-O's registries drop-in directory.
+pub const CRIO_HOSTS_DIR: &str = "/etc/containers/registries.conf.d";
 /// `app.kubernetes.io/managed-by` of a cache's children.
 pub const MANAGED_BY: &str = "imagecache-operator";
 /// Pod template annotation holding the config hash: a config change rolls the pods.
@@ -108,6 +120,11 @@ pub fn admin_token_secret_name(ic: &ImageCache) -> Result<String, DesiredError> 
 /// Name of the PodDisruptionBudget.
 pub fn pdb_name(ic: &ImageCache) -> Result<String, DesiredError> {
     Ok(format!("{}-pdb", name(ic)?))
+}
+
+/// Name of the node-config DaemonSet.
+pub fn node_config_name(ic: &ImageCache) -> Result<String, DesiredError> {
+    Ok(format!("{}-node-config", name(ic)?))
 }
 
 /// The labels that select a cache's pods (stable across versions: never change them).
@@ -442,6 +459,207 @@ pub fn statefulset(
             ..StatefulSetSpec::default()
         },
         ..StatefulSet::default()
+    })
+}
+
+/// The host directory the node-config pods write: `nodeMirror.hostsDir`, else the runtime's
+/// default.
+pub fn node_config_hosts_dir(ic: &ImageCache) -> String {
+    let mirror = ic.spec.node_mirror.clone().unwrap_or_default();
+    mirror.hosts_dir.unwrap_or_else(|| {
+        match mirror.runtime {
+            MirrorRuntime::Containerd => CONTAINERD_HOSTS_DIR,
+            MirrorRuntime::Crio => CRIO_HOSTS_DIR,
+        }
+        .to_owned()
+    })
+}
+
+/// The registries the nodes pull through the cache: `nodeMirror.registries`, else every upstream,
+/// else (no upstreams: the default allowlist is served) the default registry. In order, once each.
+pub fn node_config_registries(ic: &ImageCache) -> Vec<String> {
+    let spec = &ic.spec;
+    let chosen: Vec<&str> = match spec.node_mirror.as_ref().map(|m| &m.registries) {
+        Some(r) if !r.is_empty() => r.iter().map(String::as_str).collect(),
+        _ if !spec.upstreams.is_empty() => spec.upstreams.iter().map(|u| u.name.as_str()).collect(),
+        _ => vec![spec.default_registry.as_deref().unwrap_or(DEFAULT_REGISTRY)],
+    };
+    let mut out: Vec<String> = Vec::with_capacity(chosen.len());
+    for r in chosen {
+        if !out.iter().any(|o| o == r) {
+            out.push(r.to_owned());
+        }
+    }
+    out
+}
+
+/// The URL node runtimes pull from, given the client Service as applied (the API server fills in
+/// its ClusterIP and any allocated node port): `http://127.0.0.1:<nodePort>` for a NodePort
+/// Service with its port known (each node reaches its own NodePort), else
+/// `http://<ClusterIP>:5000`; `None` while the Service has no ClusterIP yet.
+pub fn node_mirror_url(ic: &ImageCache, client_service: &Service) -> Option<String> {
+    let spec = client_service.spec.as_ref()?;
+    let wants_node_port = ic
+        .spec
+        .service
+        .as_ref()
+        .is_some_and(|s| s.type_ == ServiceType::NodePort);
+    if wants_node_port {
+        let node_port = spec
+            .ports
+            .iter()
+            .flatten()
+            .find_map(|p| p.node_port)
+            .or_else(|| ic.spec.service.as_ref().and_then(|s| s.node_port));
+        if let Some(port) = node_port {
+            return Some(format!("http://127.0.0.1:{port}"));
+        }
+    }
+    let ip = spec
+        .cluster_ip
+        .as_deref()
+        .filter(|ip| !ip.is_empty() && *ip != "None")?;
+    let host = if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_owned()
+    };
+    Some(format!("http://{host}:{CLIENT_SERVICE_PORT}"))
+}
+
+/// The DaemonSet that points every node's container runtime at the cache: one pod per node
+/// (tolerating every taint) running `imagecache node-config --stay`, which writes the runtime's
+/// mirror config for each chosen registry into the host directory and keeps it there until
+/// stopped. `mirror_url` comes from [`node_mirror_url`]. The pod runs as root (the host
+/// directories are root's) with every capability dropped and a read-only root file system.
+pub fn node_config_daemonset(
+    ic: &ImageCache,
+    image: &str,
+    mirror_url: &str,
+) -> Result<DaemonSet, DesiredError> {
+    let runtime = match ic.spec.node_mirror.as_ref().map(|m| m.runtime) {
+        Some(MirrorRuntime::Crio) => "crio",
+        _ => "containerd",
+    };
+    let hosts_dir = node_config_hosts_dir(ic);
+    let mut args = vec![
+        "node-config".to_owned(),
+        "--mirror".to_owned(),
+        mirror_url.to_owned(),
+        "--runtime".to_owned(),
+        runtime.to_owned(),
+        "--hosts-dir".to_owned(),
+        hosts_dir.clone(),
+    ];
+    for registry in node_config_registries(ic) {
+        args.push("--registry".to_owned());
+        args.push(registry);
+    }
+    args.push("--stay".to_owned());
+
+    let selector = BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            NODE_CONFIG_APP_NAME.to_owned(),
+        ),
+        ("app.kubernetes.io/instance".to_owned(), name(ic)?),
+    ]);
+    let mut pod_labels = selector.clone();
+    pod_labels.insert(
+        "app.kubernetes.io/component".to_owned(),
+        NODE_CONFIG_COMPONENT.to_owned(),
+    );
+    pod_labels.insert(
+        "app.kubernetes.io/managed-by".to_owned(),
+        MANAGED_BY.to_owned(),
+    );
+    let mut metadata = metadata(ic, node_config_name(ic)?)?;
+    if let Some(labels) = metadata.labels.as_mut() {
+        labels.insert(
+            "app.kubernetes.io/component".to_owned(),
+            NODE_CONFIG_COMPONENT.to_owned(),
+        );
+    }
+
+    let container = Container {
+        name: NODE_CONFIG_COMPONENT.to_owned(),
+        image: Some(image.to_owned()),
+        command: Some(vec!["imagecache".to_owned()]),
+        args: Some(args),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_owned(), Quantity("5m".to_owned())),
+                ("memory".to_owned(), Quantity("16Mi".to_owned())),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_owned(),
+                Quantity("64Mi".to_owned()),
+            )])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_group: Some(0),
+            run_as_non_root: Some(false),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "hosts-dir".to_owned(),
+            mount_path: hosts_dir.clone(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+
+    Ok(DaemonSet {
+        metadata,
+        spec: DaemonSetSpec {
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    // It never talks to the Kubernetes API.
+                    automount_service_account_token: Some(false),
+                    tolerations: Some(vec![Toleration {
+                        operator: Some("Exists".to_owned()),
+                        ..Toleration::default()
+                    }]),
+                    // SIGTERM ends `--stay` promptly; no long grace is needed.
+                    termination_grace_period_seconds: Some(10),
+                    security_context: Some(PodSecurityContext {
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_owned(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    volumes: Some(vec![Volume {
+                        name: "hosts-dir".to_owned(),
+                        host_path: Some(HostPathVolumeSource {
+                            path: hosts_dir,
+                            type_: Some("DirectoryOrCreate".to_owned()),
+                        }),
+                        ..Volume::default()
+                    }]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DaemonSetSpec::default()
+        },
+        ..DaemonSet::default()
     })
 }
 

@@ -605,3 +605,207 @@ fn missing_metadata_is_an_error() {
         DesiredError::MissingMetadata("namespace")
     ));
 }
+
+/// The node-config DaemonSet of [`SPEC`] with node mirroring on (containerd, every upstream).
+const NODE_CONFIG: &str = r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  labels:
+    app.kubernetes.io/component: node-config
+    app.kubernetes.io/instance: mirror
+    app.kubernetes.io/managed-by: imagecache-operator
+    app.kubernetes.io/name: imagecache
+  name: mirror-node-config
+  namespace: infra
+  ownerReferences:
+    - apiVersion: imagecache.io/v1alpha1
+      blockOwnerDeletion: true
+      controller: true
+      kind: ImageCache
+      name: mirror
+      uid: 0b9f6c1e-uid
+spec:
+  selector:
+    matchLabels:
+      app.kubernetes.io/instance: mirror
+      app.kubernetes.io/name: imagecache-node-config
+  template:
+    metadata:
+      labels:
+        app.kubernetes.io/component: node-config
+        app.kubernetes.io/instance: mirror
+        app.kubernetes.io/managed-by: imagecache-operator
+        app.kubernetes.io/name: imagecache-node-config
+    spec:
+      automountServiceAccountToken: false
+      containers:
+        - name: node-config
+          image: img:1
+          command: [imagecache]
+          args:
+            - node-config
+            - --mirror
+            - http://10.96.0.12:5000
+            - --runtime
+            - containerd
+            - --hosts-dir
+            - /etc/containerd/certs.d
+            - --registry
+            - docker.io
+            - --registry
+            - registry.local:5000
+            - --registry
+            - ghcr.io
+            - --stay
+          resources:
+            requests: {cpu: 5m, memory: 16Mi}
+            limits: {memory: 64Mi}
+          securityContext:
+            runAsUser: 0
+            runAsGroup: 0
+            runAsNonRoot: false
+            readOnlyRootFilesystem: true
+            allowPrivilegeEscalation: false
+            capabilities: {drop: [ALL]}
+          volumeMounts:
+            - name: hosts-dir
+              mountPath: /etc/containerd/certs.d
+      securityContext:
+        seccompProfile: {type: RuntimeDefault}
+      terminationGracePeriodSeconds: 10
+      tolerations:
+        - operator: Exists
+      volumes:
+        - name: hosts-dir
+          hostPath:
+            path: /etc/containerd/certs.d
+            type: DirectoryOrCreate
+"#;
+
+fn with_node_mirror(spec: &str, node_mirror: &str) -> ImageCache {
+    cache(&format!("{spec}\nnodeMirror: {node_mirror}\n"))
+}
+
+fn node_config_args(ds: &DaemonSet) -> Vec<String> {
+    ds.spec.template.spec.as_ref().unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap()
+}
+
+#[test]
+fn node_config_daemonset_is_exact() {
+    let ic = with_node_mirror(SPEC, "{enabled: true}");
+    let ds = node_config_daemonset(&ic, "img:1", "http://10.96.0.12:5000").unwrap();
+    assert_eq!(ds, parse::<DaemonSet>(NODE_CONFIG));
+    assert_eq!(node_config_name(&ic).unwrap(), "mirror-node-config");
+}
+
+#[test]
+fn node_config_pods_are_not_registry_pods() {
+    // The Services, the PDB and the operator's pod listing select registry pods by these labels;
+    // a node-config pod matching them would receive pulls.
+    let ic = with_node_mirror(SPEC, "{enabled: true}");
+    let ds = node_config_daemonset(&ic, "img:1", "http://x:5000").unwrap();
+    let spec = ds.spec;
+    let pod_labels = spec.template.metadata.unwrap().labels.unwrap();
+    let registry_selector = selector_labels(&ic).unwrap();
+    assert!(
+        !registry_selector
+            .iter()
+            .all(|(k, v)| pod_labels.get(k) == Some(v)),
+        "{pod_labels:?}"
+    );
+    for (k, v) in spec.selector.match_labels.unwrap() {
+        assert_eq!(pod_labels.get(&k), Some(&v), "{k}");
+    }
+}
+
+#[test]
+fn node_config_crio_with_chosen_registries_and_dir() {
+    let ic = with_node_mirror(
+        SPEC,
+        "{enabled: true, runtime: crio, registries: [quay.io, docker.io, quay.io]}",
+    );
+    assert_eq!(
+        node_config_args(&node_config_daemonset(&ic, "img:1", "http://127.0.0.1:30500").unwrap()),
+        [
+            "node-config",
+            "--mirror",
+            "http://127.0.0.1:30500",
+            "--runtime",
+            "crio",
+            "--hosts-dir",
+            "/etc/containers/registries.conf.d",
+            "--registry",
+            "quay.io",
+            "--registry",
+            "docker.io",
+            "--stay"
+        ]
+    );
+    let ic = with_node_mirror(
+        SPEC,
+        "{enabled: true, runtime: crio, hostsDir: /opt/crio/registries.d}",
+    );
+    let ds = node_config_daemonset(&ic, "img:1", "http://x:5000").unwrap();
+    let pod = ds.spec.template.spec.unwrap();
+    assert_eq!(
+        pod.volumes.unwrap()[0].host_path.as_ref().unwrap().path,
+        "/opt/crio/registries.d"
+    );
+    assert_eq!(
+        pod.containers[0].volume_mounts.as_ref().unwrap()[0].mount_path,
+        "/opt/crio/registries.d"
+    );
+}
+
+#[test]
+fn node_config_without_upstreams_mirrors_the_default_registry() {
+    let ic = with_node_mirror(SMALL_SPEC, "{enabled: true}");
+    assert_eq!(node_config_registries(&ic), ["docker.io"]);
+    let ic = cache("defaultRegistry: ghcr.io\nnodeMirror: {enabled: true}");
+    assert_eq!(node_config_registries(&ic), ["ghcr.io"]);
+}
+
+#[test]
+fn node_mirror_url_from_the_applied_service() {
+    let applied = |yaml: &str| -> Service { parse(yaml) };
+    let ic = cache(SPEC);
+    assert_eq!(
+        node_mirror_url(&ic, &applied("spec: {clusterIP: 10.96.0.12}")).as_deref(),
+        Some("http://10.96.0.12:5000")
+    );
+    assert_eq!(
+        node_mirror_url(&ic, &applied("spec: {clusterIP: 'fd00::12'}")).as_deref(),
+        Some("http://[fd00::12]:5000")
+    );
+    // Not allocated yet: no URL, the DaemonSet waits.
+    assert_eq!(
+        node_mirror_url(&ic, &applied("spec: {type: ClusterIP}")),
+        None
+    );
+    assert_eq!(node_mirror_url(&ic, &applied("metadata: {name: x}")), None);
+
+    // NodePort: the node's own port, the allocated one when the spec leaves it out.
+    let ic = cache("service: {type: NodePort}");
+    let svc = applied(
+        "spec: {type: NodePort, clusterIP: 10.96.0.12, ports: [{port: 5000, nodePort: 31234}]}",
+    );
+    assert_eq!(
+        node_mirror_url(&ic, &svc).as_deref(),
+        Some("http://127.0.0.1:31234")
+    );
+    let ic = cache(SMALL_SPEC);
+    assert_eq!(
+        node_mirror_url(&ic, &applied("spec: {clusterIP: 10.96.0.12}")).as_deref(),
+        Some("http://127.0.0.1:30500")
+    );
+    // NodePort without a port known yet: the ClusterIP still works.
+    let ic = cache("service: {type: NodePort}");
+    assert_eq!(
+        node_mirror_url(&ic, &applied("spec: {clusterIP: 10.96.0.12}")).as_deref(),
+        Some("http://10.96.0.12:5000")
+    );
+}

@@ -1,13 +1,17 @@
 //! The ImageCache operator (design section 6).
 //!
 //! - [`desired`]: the pure desired state of an ImageCache's children (ConfigMap, StatefulSet,
-//!   Services, admin token Secret, PodDisruptionBudget), built from the spec with no API calls.
+//!   Services, admin token Secret, PodDisruptionBudget, node-config DaemonSet), built from the
+//!   spec with no API calls.
+//! - [`imagecache`]: the ImageCache controller (children by server-side apply, status, events).
 //! - [`pods`]: the registry pods of a cache and the calls made to them (admin API, Image API).
 //! - [`prunepolicy`]: the PrunePolicy controller (scheduled prunes of a cache's pods), with
 //!   [`inuse`], the images the cluster uses.
 //! - [`conditions`]: status conditions per the API conventions.
 //! - [`cachedimage`]: the CachedImage sync from the registry pods' Image API, and the finalizer
 //!   that prunes a deleted CachedImage's image from the cache.
+//! - [`leader`]: leader election on a Lease; [`run`]: `imagecache operator` (health, metrics,
+//!   election, the three controllers, graceful shutdown).
 //! - [`context`], [`error`], [`metrics`]: what the reconcilers share.
 
 pub mod cachedimage;
@@ -15,11 +19,13 @@ pub mod conditions;
 pub mod context;
 pub mod desired;
 pub mod error;
+pub mod imagecache;
 pub mod inuse;
 pub mod leader;
 pub mod metrics;
 pub mod pods;
 pub mod prunepolicy;
+pub mod run;
 
 #[cfg(test)]
 #[allow(dead_code)] // Each reconciler's tests use a part of it.
