@@ -501,7 +501,12 @@ fn serve_preloads_its_list_and_retries_failures() {
     let multi = gen_multiarch(&tmp.path().join("multi"), 60, &platforms2(), &[3000, 7000]);
     dist.push(&multi.source_ref(), "team/multi:v1");
     let mut late = Distribution::start();
-    let single = gen_image(&tmp.path().join("single"), 61, &[4000], &Platform::linux_amd64());
+    let single = gen_image(
+        &tmp.path().join("single"),
+        61,
+        &[4000],
+        &Platform::linux_amd64(),
+    );
     late.push(&single.source_ref(), "team/single:v1");
     late.kill();
     let cache = ImageCache::builder()
@@ -520,7 +525,10 @@ fn serve_preloads_its_list_and_retries_failures() {
         runtime().block_on(async {
             let r = get(
                 &client(),
-                &format!("{}/cmd/manifest/list?format=json&count=-1", cache.admin_url()),
+                &format!(
+                    "{}/cmd/manifest/list?format=json&count=-1",
+                    cache.admin_url()
+                ),
                 &[],
             )
             .await;
@@ -544,10 +552,19 @@ fn serve_preloads_its_list_and_retries_failures() {
     );
     let gets = dist.blob_gets_by_digest();
     for b in std::iter::once(&arm64.config).chain(&arm64.layers) {
-        assert_eq!(gets.get(&b.digest), Some(&1), "arm64 blob {} fetched once", b.digest);
+        assert_eq!(
+            gets.get(&b.digest),
+            Some(&1),
+            "arm64 blob {} fetched once",
+            b.digest
+        );
     }
     assert!(!first.contains(&single.digest().to_string()));
-    assert!(cache.log().contains("preload failed"), "{}", cache.log_tail());
+    assert!(
+        cache.log().contains("preload failed"),
+        "{}",
+        cache.log_tail()
+    );
 
     // The second upstream comes back: the next retry (10 s after the failure) caches it.
     late.restart();
@@ -555,5 +572,9 @@ fn serve_preloads_its_list_and_retries_failures() {
         held().contains(&single.digest().to_string()).then_some(())
     })
     .unwrap_or_else(|| panic!("the failed preload was not retried:\n{}", cache.log_tail()));
-    assert!(cache.log().contains("preload complete"), "{}", cache.log_tail());
+    assert!(
+        cache.log().contains("preload complete"),
+        "{}",
+        cache.log_tail()
+    );
 }

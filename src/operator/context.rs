@@ -16,7 +16,8 @@ use super::pods::RegistryApi;
 pub const MANAGER: &str = "imagecache-operator";
 
 /// The registry pods' image when `--registry-image` is not given: this release's image.
-pub const DEFAULT_REGISTRY_IMAGE: &str = concat!("ghcr.io/imagecache/imagecache:", env!("CARGO_PKG_VERSION"));
+pub const DEFAULT_REGISTRY_IMAGE: &str =
+    concat!("ghcr.io/imagecache/imagecache:", env!("CARGO_PKG_VERSION"));
 
 /// Operator settings from its command line.
 #[derive(Clone, Debug)]

@@ -127,11 +127,17 @@ pub fn node_config_name(ic: &ImageCache) -> Result<String, DesiredError> {
     Ok(format!("{}-node-config", name(ic)?))
 }
 
-/// The labels that select a cache's pods (stable across versions: never change them).
+/// The labels that select a cache's pods (stable across versions: never change them). The
+/// component keeps an ImageCache named like a Helm release of the chart from selecting the
+/// operator's own pods.
 pub fn selector_labels(ic: &ImageCache) -> Result<BTreeMap<String, String>, DesiredError> {
     Ok(BTreeMap::from([
         ("app.kubernetes.io/name".to_owned(), APP_NAME.to_owned()),
         ("app.kubernetes.io/instance".to_owned(), name(ic)?),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            COMPONENT.to_owned(),
+        ),
     ]))
 }
 
@@ -177,6 +183,7 @@ pub fn config_yaml(ic: &ImageCache) -> Result<String, DesiredError> {
         tag_ttl: spec.tag_ttl.as_deref().unwrap_or(DEFAULT_TAG_TTL),
         air_gapped: spec.air_gapped,
         registries: spec.upstreams.iter().map(registry_entry).collect(),
+        preload: spec.preload.as_ref().filter(|p| !p.images.is_empty()),
     };
     serde_saphyr::to_string(&file).map_err(|e| DesiredError::Yaml(e.to_string()))
 }
@@ -678,6 +685,9 @@ struct ConfigFile<'a> {
     /// Empty: the embedded default allowlist (well-known public registries) applies.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     registries: Vec<RegistryEntry<'a>>,
+    /// `spec.preload`: pulled by each pod when it starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    preload: Option<&'a crate::crd::PreloadSpec>,
 }
 
 #[derive(Serialize)]

@@ -97,6 +97,7 @@ spec:
   replicas: 2
   selector:
     matchLabels:
+      app.kubernetes.io/component: registry
       app.kubernetes.io/instance: mirror
       app.kubernetes.io/name: imagecache
   serviceName: mirror-headless
@@ -227,6 +228,7 @@ spec:
       kind: PersistentVolumeClaim
       metadata:
         labels:
+          app.kubernetes.io/component: registry
           app.kubernetes.io/instance: mirror
           app.kubernetes.io/name: imagecache
         name: data
@@ -270,6 +272,7 @@ spec:
       targetPort: admin
   publishNotReadyAddresses: true
   selector:
+    app.kubernetes.io/component: registry
     app.kubernetes.io/instance: mirror
     app.kubernetes.io/name: imagecache
 "#;
@@ -299,6 +302,7 @@ spec:
       protocol: TCP
       targetPort: registry
   selector:
+    app.kubernetes.io/component: registry
     app.kubernetes.io/instance: mirror
     app.kubernetes.io/name: imagecache
   type: ClusterIP
@@ -349,6 +353,7 @@ spec:
   minAvailable: 1
   selector:
     matchLabels:
+      app.kubernetes.io/component: registry
       app.kubernetes.io/instance: mirror
       app.kubernetes.io/name: imagecache
 "#;
@@ -432,6 +437,31 @@ fn config_without_upstreams_keeps_the_default_allowlist() {
     config.validate().unwrap();
     assert_eq!(config.registries, Config::default().registries);
     assert_eq!(config.tag_ttl, Config::default().tag_ttl);
+}
+
+#[test]
+fn preload_reaches_the_registry_config() {
+    let mut ic = cache(SMALL_SPEC);
+    ic.spec.preload = Some(crate::crd::PreloadSpec {
+        images: vec![
+            "nginx:1.27".into(),
+            "quay.io/org/app@sha256:".to_string() + &"a".repeat(64),
+        ],
+        platforms: vec!["linux/arm64".into()],
+    });
+    let config = Config::from_yaml(&config_yaml(&ic).unwrap()).unwrap();
+    config.validate().unwrap();
+    assert_eq!(
+        config.preload.images,
+        ic.spec.preload.as_ref().unwrap().images
+    );
+    assert_eq!(config.preload.platforms, ["linux/arm64"]);
+    // An empty list adds nothing (and so does not roll the pods).
+    ic.spec.preload = Some(crate::crd::PreloadSpec::default());
+    assert_eq!(
+        config_yaml(&ic).unwrap(),
+        config_yaml(&cache(SMALL_SPEC)).unwrap()
+    );
 }
 
 #[test]

@@ -63,7 +63,9 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Op
     spawn_signal_handler(shutdown.clone());
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
-        .map_err(|e| OperatorError::InvalidSpec(format!("cannot listen on {}: {e}", options.listen)))?;
+        .map_err(|e| {
+            OperatorError::InvalidSpec(format!("cannot listen on {}: {e}", options.listen))
+        })?;
     tracing::info!(listen = %options.listen, namespace = options.namespace.as_deref().unwrap_or("(all)"), "operator starting");
     let server = tokio::spawn(
         axum::serve(listener, health_router(health.clone()))

@@ -84,7 +84,9 @@ async fn answer_cache_and_pods(server: &mut ApiServer) {
         .await;
     assert_eq!(
         pods.query("labelSelector").as_deref(),
-        Some("app.kubernetes.io/instance=mirror,app.kubernetes.io/name=imagecache")
+        Some(
+            "app.kubernetes.io/component=registry,app.kubernetes.io/instance=mirror,app.kubernetes.io/name=imagecache"
+        )
     );
     pods.respond(
         200,

@@ -160,7 +160,9 @@ async fn answer_pods(server: &mut ApiServer, token: &str, pods: Vec<Value>) {
     let ex = server.expect(Method::GET, &format!("{CORE}/pods")).await;
     assert_eq!(
         ex.query("labelSelector").as_deref(),
-        Some("app.kubernetes.io/instance=x,app.kubernetes.io/name=imagecache")
+        Some(
+            "app.kubernetes.io/component=registry,app.kubernetes.io/instance=x,app.kubernetes.io/name=imagecache"
+        )
     );
     ex.respond(
         200,
@@ -266,7 +268,7 @@ async fn create_applies_every_child_and_reports_two_pods() {
     let sts = &applied[&format!("{APPS}/statefulsets/x")];
     assert_eq!(
         sts["spec"]["template"]["spec"]["containers"][0]["image"],
-        "ghcr.io/imagecache/imagecache:latest"
+        crate::operator::DEFAULT_REGISTRY_IMAGE
     );
     assert_eq!(
         sts["spec"]["template"]["metadata"]["annotations"]["imagecache.io/config-hash"]
@@ -542,7 +544,7 @@ async fn node_mirror_on_applies_the_daemonset_with_the_cluster_ip() {
     )
     .await;
     let container = &ex.body["spec"]["template"]["spec"]["containers"][0];
-    assert_eq!(container["image"], "ghcr.io/imagecache/imagecache:latest");
+    assert_eq!(container["image"], crate::operator::DEFAULT_REGISTRY_IMAGE);
     assert_eq!(
         container["args"],
         json!([

@@ -65,7 +65,7 @@ fn cache_json() -> Value {
 fn registry_pod(name: &str, ip: &str, ready: bool) -> Value {
     json!({
         "metadata": {"name": name, "namespace": "ns"},
-        "spec": {"containers": [{"name": "registry", "image": "ghcr.io/imagecache/imagecache:latest"}]},
+        "spec": {"containers": [{"name": "registry", "image": "ghcr.io/imagecache/imagecache:0.1.0"}]},
         "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
     })
 }
@@ -115,7 +115,9 @@ async fn serve_registry_pods(server: &mut ApiServer, pods: Vec<Value>) {
     let ex = server.expect(Method::GET, PODS_PATH).await;
     assert_eq!(
         ex.query("labelSelector").as_deref(),
-        Some("app.kubernetes.io/instance=cache,app.kubernetes.io/name=imagecache")
+        Some(
+            "app.kubernetes.io/component=registry,app.kubernetes.io/instance=cache,app.kubernetes.io/name=imagecache"
+        )
     );
     ex.respond(200, list("PodList", pods));
 }
