@@ -540,11 +540,16 @@ fn serve_preloads_its_list_and_retries_failures() {
                 .collect::<Vec<_>>()
         })
     };
-    let first = wait_for(std::time::Duration::from_secs(30), || {
-        let h = held();
-        h.contains(&arm64.manifest.digest).then_some(h)
+    // Both first attempts are over once the failure is logged (images go in list order).
+    wait_for(std::time::Duration::from_secs(30), || {
+        let log = cache.log();
+        (log.contains("preloaded image=upstream.test/team/multi:v1")
+            && log.contains("preload failed image=late.test/team/single:v1"))
+        .then_some(())
     })
-    .unwrap_or_else(|| panic!("the index was not preloaded:\n{}", cache.log_tail()));
+    .unwrap_or_else(|| panic!("no first preload attempt:\n{}", cache.log_tail()));
+    let first = held();
+    assert!(first.contains(&arm64.manifest.digest), "{first:?}");
     assert!(first.contains(&multi.digest().to_string()), "{first:?}");
     assert!(
         !first.contains(&amd64.manifest.digest),
@@ -572,9 +577,16 @@ fn serve_preloads_its_list_and_retries_failures() {
         held().contains(&single.digest().to_string()).then_some(())
     })
     .unwrap_or_else(|| panic!("the failed preload was not retried:\n{}", cache.log_tail()));
-    assert!(
-        cache.log().contains("preload complete"),
-        "{}",
-        cache.log_tail()
-    );
+    // The manifest is listed before its blobs are in; the run ends once they are.
+    wait_for(std::time::Duration::from_secs(20), || {
+        cache.log().contains("preload complete").then_some(())
+    })
+    .unwrap_or_else(|| panic!("the preload did not complete:\n{}", cache.log_tail()));
+    for b in single.blobs() {
+        assert!(
+            late.blob_gets_by_digest().contains_key(&b.digest),
+            "{} fetched",
+            b.digest
+        );
+    }
 }
