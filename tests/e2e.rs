@@ -12,8 +12,11 @@
 //! - the operator runs on this machine too (`imagecache operator`, as its Deployment would), so
 //!   it reaches that pod at 127.0.0.1 on the port the Pod declares.
 //!
-//! Everything is created in a fresh namespace, deleted at the end. The CRDs are applied from
-//! `crds/` (server-side apply) and left installed.
+//! The CRDs and the operator's RBAC come from `deploy/` (what `kubectl apply -f deploy/` users
+//! get, rendered from the Helm chart); the operator runs impersonating the ServiceAccount those
+//! manifests create, so it has exactly their rights. The test's objects live in a fresh
+//! namespace, deleted at the end (a bare apiserver has no namespace controller to finish that
+//! deletion; nothing depends on it). The CRDs and `imagecache-system` stay installed.
 
 mod support;
 
@@ -127,25 +130,29 @@ fn assert_columns(output: &str, columns: &[&str]) {
     assert_eq!(header, columns, "kubectl get output:\n{output}");
 }
 
-async fn apply_crds(client: &Client) {
+/// Namespace, ServiceAccount and Lease of the rendered operator manifests (`deploy/`).
+const OPERATOR_NS: &str = "imagecache-system";
+const OPERATOR_SA: &str = "imagecache-operator";
+const LEASE: &str = "imagecache-operator";
+
+/// Applies what users apply without Helm: `deploy/crds.yaml` (waiting until every CRD is
+/// Established) and `deploy/operator.yaml` (the operator's namespace, ServiceAccount, RBAC and
+/// Deployment). The Deployment is scaled to zero: this suite runs the operator itself, under
+/// that ServiceAccount's rights (see [`operator_kubeconfig`]).
+async fn apply_deploy_manifests(client: &Client) {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let crds_file = deploy.join("crds.yaml");
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "--field-manager",
+        MANAGER,
+        "-f",
+        crds_file.to_str().unwrap(),
+    ]);
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(&dir).expect("crds/") {
-        let path = entry.unwrap().path();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let crd: CustomResourceDefinition = serde_saphyr::from_str(&text).unwrap();
+    for crd in imagecache::crd::crds() {
         let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("the apiserver refused {}: {e}", path.display()));
-        names.push(name);
-    }
-    for name in names {
         eventually(&format!("CRD {name} Established"), WAIT, || async {
             let crd = crds.get(&name).await.ok()?;
             crd.status?
@@ -156,9 +163,47 @@ async fn apply_crds(client: &Client) {
         })
         .await;
     }
+    let operator_file = deploy.join("operator.yaml");
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "--field-manager",
+        MANAGER,
+        "-f",
+        operator_file.to_str().unwrap(),
+    ]);
+    kubectl(&[
+        "-n",
+        OPERATOR_NS,
+        "scale",
+        "deployment",
+        "imagecache-operator",
+        "--replicas=0",
+    ]);
 }
 
-fn start_operator(ns: &str, dir: &Path) -> Proc {
+/// The current kubeconfig, flattened, with the user impersonating the operator's
+/// ServiceAccount: the operator then runs with exactly the rights `deploy/operator.yaml` grants.
+fn operator_kubeconfig(dir: &Path) -> std::path::PathBuf {
+    let text = kubectl(&[
+        "config",
+        "view",
+        "--raw",
+        "--minify",
+        "--flatten",
+        "-o",
+        "json",
+    ]);
+    let mut config: Value = serde_json::from_str(&text).expect("kubeconfig as JSON");
+    let user = &mut config["users"][0]["user"];
+    assert!(user.is_object(), "the kubeconfig has a user: {text}");
+    user["as"] = json!(format!("system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}"));
+    let path = dir.join("operator-kubeconfig.json");
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    path
+}
+
+fn start_operator(ns: &str, dir: &Path, kubeconfig: &Path) -> Proc {
     let log = dir.join("operator.log");
     let out = OpenOptions::new()
         .create(true)
@@ -168,10 +213,17 @@ fn start_operator(ns: &str, dir: &Path) -> Proc {
     let err = out.try_clone().unwrap();
     let port = support::free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_imagecache"))
-        .args(["operator", "--namespace", ns, "--lease-namespace", ns])
+        .args([
+            "operator",
+            "--namespace",
+            ns,
+            "--lease-namespace",
+            OPERATOR_NS,
+        ])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--min-update-interval", "1s"])
         .env("RUST_LOG", "imagecache=debug,kube=info")
+        .env("KUBECONFIG", kubeconfig)
         .env("POD_NAME", "e2e-operator")
         .stdin(Stdio::null())
         .stdout(out)
@@ -363,8 +415,16 @@ async fn operator_end_to_end() {
     }
     let _cleanup = Cleanup(namespaces.clone(), ns.clone());
 
-    // 1. The CRDs install.
-    apply_crds(&client).await;
+    // 1. The rendered manifests install: CRDs, and the operator's RBAC.
+    apply_deploy_manifests(&client).await;
+    // A bare apiserver has no ServiceAccount controller to create `default`, which the
+    // ServiceAccount admission plugin needs for the registry Pod.
+    let _ = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap(),
+        )
+        .await;
 
     // 2. An upstream holding three images.
     let upstream = Distribution::start();
@@ -381,7 +441,8 @@ async fn operator_end_to_end() {
     }
 
     // 3. The operator, and an ImageCache through it.
-    let _operator = start_operator(&ns, work.path());
+    let kubeconfig = operator_kubeconfig(work.path());
+    let _operator = start_operator(&ns, work.path(), &kubeconfig);
     let caches: Api<ImageCache> = Api::namespaced(client.clone(), &ns);
     let ic: ImageCache = serde_json::from_value(json!({
         "apiVersion": "imagecache.io/v1alpha1", "kind": "ImageCache",
@@ -626,9 +687,9 @@ async fn operator_end_to_end() {
     })
     .await;
 
-    // 9. One leader, holding the Lease in the namespace.
-    let lease = Api::<Lease>::namespaced(client.clone(), &ns)
-        .get("imagecache-operator")
+    // 9. One leader (this suite's operator; the Deployment is scaled to zero), holding the Lease.
+    let lease = Api::<Lease>::namespaced(client.clone(), OPERATOR_NS)
+        .get(LEASE)
         .await
         .expect("the leader Lease");
     assert_eq!(
