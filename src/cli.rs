@@ -118,8 +118,11 @@ impl NodeConfigArgs {
 #[derive(Args, Debug)]
 pub struct CrdsArgs {
     /// Write one file per CRD into this directory instead of printing them.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "reference")]
     pub out: Option<PathBuf>,
+    /// Print a Markdown reference of every field instead (docs/crd-reference.md).
+    #[arg(long)]
+    pub reference: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -497,6 +500,9 @@ pub fn run() -> Result<(), CliError> {
             });
             crate::load::run(args, cli.image_path)?;
             Ok(())
+        }
+        Command::Crds(args) if args.reference => {
+            print(crate::crd::reference::markdown(&crate::crd::crds()))
         }
         Command::Crds(args) => match args.out {
             Some(dir) => {

@@ -76,3 +76,31 @@ fn stdout_is_the_files_as_one_stream() {
     }
     assert_eq!(printed, expected);
 }
+
+/// `docs/crd-reference.md` is `imagecache crds --reference`; it names every field of every
+/// CRD with its type and description.
+#[test]
+fn the_field_reference_matches_the_crds() {
+    let out = imagecache(&["crds", "--reference"]);
+    let generated = String::from_utf8(out.stdout).unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/crd-reference.md");
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        generated == committed,
+        "docs/crd-reference.md differs from the CRDs; run \
+         `cargo run -q -- crds --reference > docs/crd-reference.md`"
+    );
+    for field in [
+        "`spec.upstreams[].credentialsSecretRef.name`",
+        "`spec.nodeMirror.runtime`",
+        "`spec.request.unusedFor`",
+        "`status.lastRun.totals.protected`",
+        "`spec.digest`",
+        "`spec.schedule` | string | **Required.**",
+    ] {
+        assert!(
+            generated.contains(field),
+            "{field} missing from the reference"
+        );
+    }
+}

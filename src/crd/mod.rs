@@ -14,6 +14,7 @@ mod cachedimage;
 mod imagecache;
 #[allow(clippy::duplicated_attributes)]
 mod prunepolicy;
+pub mod reference;
 
 use std::path::{Path, PathBuf};
 
