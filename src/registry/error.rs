@@ -96,7 +96,9 @@ impl From<PathError> for RegistryError {
 impl From<UpstreamError> for RegistryError {
     fn from(e: UpstreamError) -> Self {
         match e {
-            UpstreamError::NotAllowed(_) => RegistryError::Denied(e.to_string()),
+            UpstreamError::NotAllowed(_) | UpstreamError::Forbidden { .. } => {
+                RegistryError::Denied(e.to_string())
+            }
             UpstreamError::Unauthorized { .. } => RegistryError::Denied(e.to_string()),
             UpstreamError::Setup { .. } => RegistryError::Internal(e.to_string()),
             UpstreamError::Unreachable { .. } | UpstreamError::Timeout { .. } => {

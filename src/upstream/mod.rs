@@ -1,7 +1,9 @@
 //! HTTP clients for the upstream registries of the allowlist. One pooled client per upstream, so
-//! connections are reused across pulls; bearer tokens are cached per repository scope.
+//! connections are reused across pulls; bearer tokens are cached per repository scope. Every
+//! request goes through the SSRF [`guard`] (the rules are documented there).
 
 pub mod auth;
+pub mod guard;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -11,11 +13,15 @@ use reqwest::{Method, StatusCode, header};
 
 use crate::config::{Config, RegistryConfig, Timeouts};
 use auth::{CachedToken, Challenge, Credentials, TokenResponse, parse_challenge};
+use guard::Guard;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("upstream {0} is not in the allowlist")]
     NotAllowed(String),
+    /// A destination the SSRF guard refuses: the upstream, its token realm or a redirect.
+    #[error("upstream {registry}: {message}")]
+    Forbidden { registry: String, message: String },
     #[error("upstream {registry}: {message}")]
     Setup { registry: String, message: String },
     #[error("upstream {registry} is unreachable: {message}")]
@@ -34,7 +40,9 @@ impl UpstreamError {
     pub fn is_unavailable(&self) -> bool {
         !matches!(
             self,
-            UpstreamError::NotAllowed(_) | UpstreamError::Setup { .. }
+            UpstreamError::NotAllowed(_)
+                | UpstreamError::Forbidden { .. }
+                | UpstreamError::Setup { .. }
         )
     }
 }
@@ -43,18 +51,26 @@ impl UpstreamError {
 /// are built on first use with default settings.
 pub struct Upstreams {
     allow_any: bool,
+    guard: Guard,
     clients: RwLock<HashMap<String, Arc<Upstream>>>,
 }
 
 impl Upstreams {
     pub fn new(config: &Config) -> Result<Upstreams, UpstreamError> {
         let mut clients = HashMap::new();
+        let endpoints: Vec<String> = config
+            .registries
+            .iter()
+            .map(RegistryConfig::endpoint_url)
+            .collect();
+        let guard = Guard::new(endpoints.iter().map(String::as_str));
         for r in &config.registries {
-            let up = Upstream::new(r)?;
+            let up = Upstream::with_guard(r, guard.clone())?;
             clients.insert(crate::reference::normalize_registry(&r.name), Arc::new(up));
         }
         Ok(Upstreams {
             allow_any: config.allow_any_upstream,
+            guard,
             clients: RwLock::new(clients),
         })
     }
@@ -82,7 +98,18 @@ impl Upstreams {
         if !self.allow_any {
             return Err(UpstreamError::NotAllowed(registry.to_owned()));
         }
-        let up = Arc::new(Upstream::new(&RegistryConfig::named(registry))?);
+        // Not listed: the host itself is judged here (IP literals, local names); names are
+        // judged again, address by address, when the client resolves them.
+        self.guard
+            .check_host(registry)
+            .map_err(|e| UpstreamError::Forbidden {
+                registry: registry.to_owned(),
+                message: e.0,
+            })?;
+        let up = Arc::new(Upstream::with_guard(
+            &RegistryConfig::named(registry),
+            self.guard.clone(),
+        )?);
         let mut clients = self.clients.write().unwrap_or_else(|p| p.into_inner());
         Ok(clients.entry(registry.to_owned()).or_insert(up).clone())
     }
@@ -92,6 +119,7 @@ pub struct Upstream {
     name: String,
     base: String,
     client: reqwest::Client,
+    guard: Guard,
     credentials: Option<Credentials>,
     timeouts: Timeouts,
     /// The last challenge seen, so new scopes fetch a token before the first request.
@@ -109,7 +137,13 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
+    /// A client for a listed upstream alone: its own endpoint host is trusted, nothing else.
     pub fn new(r: &RegistryConfig) -> Result<Upstream, UpstreamError> {
+        Upstream::with_guard(r, Guard::new([r.endpoint_url().as_str()]))
+    }
+
+    /// A client whose every connection (redirects and token realms included) `guard` judges.
+    pub fn with_guard(r: &RegistryConfig, guard: Guard) -> Result<Upstream, UpstreamError> {
         let setup = |message: String| UpstreamError::Setup {
             registry: r.name.clone(),
             message,
@@ -138,6 +172,8 @@ impl Upstream {
             .read_timeout(r.timeouts.idle)
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
+            .dns_resolver(guard.resolver())
+            .redirect(guard.redirect_policy())
             .user_agent(concat!("imagecache/", env!("CARGO_PKG_VERSION")));
         if let Some(tls) = &r.tls {
             let read = |p: &std::path::Path| {
@@ -165,6 +201,7 @@ impl Upstream {
             name: r.name.clone(),
             base,
             client,
+            guard,
             credentials,
             timeouts: r.timeouts,
             challenge: Mutex::new(None),
@@ -187,6 +224,7 @@ impl Upstream {
         headers: header::HeaderMap,
     ) -> Result<reqwest::Response, UpstreamError> {
         let url = format!("{}/v2/{}/{}", self.base, repository, suffix);
+        self.check(&url)?;
         let scope = format!("repository:{repository}:pull");
         let mut auth = self.authorization(&scope, false).await?;
         for attempt in 0..2 {
@@ -256,6 +294,8 @@ impl Upstream {
         service: Option<&str>,
         scope: &str,
     ) -> Result<CachedToken, UpstreamError> {
+        // The realm comes from the upstream: it may not send the cache anywhere it would not go.
+        self.check(realm)?;
         let mut req = self.client.get(realm).query(&[("scope", scope)]);
         if let Some(s) = service {
             req = req.query(&[("service", s)]);
@@ -288,6 +328,17 @@ impl Upstream {
             .ok_or_else(|| unreachable("token endpoint returned no token".to_owned()))
     }
 
+    /// Judges a URL by the SSRF guard before any connection is attempted.
+    fn check(&self, url: &str) -> Result<(), UpstreamError> {
+        let forbidden = |message: String| UpstreamError::Forbidden {
+            registry: self.name.clone(),
+            message,
+        };
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| forbidden(format!("invalid URL {:?}: {e}", redact_query(url))))?;
+        self.guard.check_url(&parsed).map_err(|e| forbidden(e.0))
+    }
+
     async fn timed(
         &self,
         fut: impl Future<Output = reqwest::Result<reqwest::Response>>,
@@ -297,9 +348,16 @@ impl Upstream {
                 registry: self.name.clone(),
                 timeout: self.timeouts.first_byte,
             }),
-            Ok(Err(e)) => Err(UpstreamError::Unreachable {
-                registry: self.name.clone(),
-                message: error_chain(&e),
+            Ok(Err(e)) => Err(match Guard::find(&e) {
+                // A redirect or a resolved address refused by the guard.
+                Some(refused) => UpstreamError::Forbidden {
+                    registry: self.name.clone(),
+                    message: refused.0,
+                },
+                None => UpstreamError::Unreachable {
+                    registry: self.name.clone(),
+                    message: error_chain(&e),
+                },
             }),
             Ok(Ok(r)) => Ok(r),
         }
@@ -313,6 +371,11 @@ fn basic(c: &Credentials) -> String {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(raw)
     )
+}
+
+/// A URL without its query, which could carry a token.
+fn redact_query(url: &str) -> &str {
+    url.split_once('?').map_or(url, |(u, _)| u)
 }
 
 /// An error with its causes, without the URL's query (where a token could sit).
