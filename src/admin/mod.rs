@@ -45,6 +45,11 @@ impl AdminState {
     }
 }
 
+/// Largest request body the admin API reads (a prune request is a few KiB); larger gets 413.
+/// Header sections are bounded by hyper (about 400 KiB and 100 headers per HTTP/1 request, 431
+/// beyond).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -57,7 +62,27 @@ pub fn router(state: Arc<AdminState>) -> Router {
             state.clone(),
             require_token,
         ))
+        .layer(axum::middleware::from_fn(limit_declared_body))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// Refuses a body declared too large before reading any of it; bodies without a length are
+/// cut at the same size by [`axum::extract::DefaultBodyLimit`] as they are read.
+async fn limit_declared_body(req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > MAX_BODY_BYTES as u64 => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body of {n} bytes; at most {MAX_BODY_BYTES} are accepted\n"),
+        )
+            .into_response(),
+        _ => next.run(req).await,
+    }
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {

@@ -56,13 +56,35 @@ impl AppState {
     }
 }
 
+/// Longest request target (path and query) served: a repository name is at most 255
+/// characters in Distribution, so 8 KiB leaves room for any real pull. Longer gets 414 with an
+/// OCI error body; past 64 KiB hyper itself answers 414. Request bodies are never read (pushes
+/// are refused) and header sections are bounded by hyper (431).
+pub const MAX_TARGET_BYTES: usize = 8 << 10;
+
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v2", axum::routing::any(dispatch))
         .route("/v2/", axum::routing::any(dispatch))
         .route("/v2/{*rest}", axum::routing::any(dispatch))
         .fallback(|| async { RegistryError::NotFound("no such endpoint".into()) })
+        .layer(axum::middleware::from_fn(limit_target))
         .with_state(state)
+}
+
+async fn limit_target(req: Request, next: axum::middleware::Next) -> Response {
+    let len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if len <= MAX_TARGET_BYTES {
+        return next.run(req).await;
+    }
+    let mut resp = RegistryError::NameInvalid(format!(
+        "request URL is {len} bytes long; at most {MAX_TARGET_BYTES} are accepted"
+    ))
+    .into_response();
+    *resp.status_mut() = StatusCode::URI_TOO_LONG;
+    resp.headers_mut()
+        .insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));
+    resp
 }
 
 /// Query parameters the API reads; decoded, unknown ones ignored.
@@ -139,13 +161,9 @@ async fn handle(
     let head = *method == Method::HEAD;
     let repo = |name: &str| -> Result<RepoPath, RegistryError> {
         let repo = select_upstream(name, query.ns.as_deref(), &state.config.default_registry)?;
-        // The allowlist applies in every mode, so a cache cannot be used to probe other hosts.
-        if !state.upstreams.is_allowed(&repo.registry) {
-            return Err(RegistryError::Denied(format!(
-                "upstream {} is not in the allowlist",
-                repo.registry
-            )));
-        }
+        // The allowlist and the SSRF guard apply in every mode, so a cache cannot be used to
+        // probe other hosts (403 DENIED).
+        state.upstreams.admit(&repo.registry)?;
         Ok(repo)
     };
     let push = || {

@@ -339,7 +339,10 @@ mod tests {
     #[test]
     fn hosts_and_urls() {
         let g = Guard::new(["http://127.0.0.1:5000", "https://Registry.Internal"]);
-        assert!(g.check_host("127.0.0.1:9999").is_ok(), "listed host, any port");
+        assert!(
+            g.check_host("127.0.0.1:9999").is_ok(),
+            "listed host, any port"
+        );
         assert!(g.check_host("registry.internal.").is_ok());
         for h in [
             "169.254.169.254",
@@ -376,7 +379,10 @@ mod tests {
             .filter("rebind.example", [sa("169.254.169.254")])
             .unwrap_err();
         assert!(e.0.contains("resolves to 169.254.169.254"), "{e}");
-        assert!(g.filter("evil.example", [sa("127.0.0.1"), sa("::1")]).is_err());
+        assert!(
+            g.filter("evil.example", [sa("127.0.0.1"), sa("::1")])
+                .is_err()
+        );
         assert_eq!(
             g.filter("mixed.example", [sa("10.0.0.1"), sa("1.1.1.1")])
                 .unwrap(),

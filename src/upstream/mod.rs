@@ -77,12 +77,30 @@ impl Upstreams {
 
     /// Whether requests for this (normalised) registry may be served.
     pub fn is_allowed(&self, registry: &str) -> bool {
-        self.allow_any
-            || self
-                .clients
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains_key(registry)
+        self.admit(registry).is_ok()
+    }
+
+    /// Why requests for this (normalised) registry may not be served, if so: not in the
+    /// allowlist, or (with `allowAnyUpstream`) a host the SSRF guard refuses. Names are judged
+    /// again, address by address, when the client resolves them.
+    pub fn admit(&self, registry: &str) -> Result<(), UpstreamError> {
+        if self
+            .clients
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(registry)
+        {
+            return Ok(());
+        }
+        if !self.allow_any {
+            return Err(UpstreamError::NotAllowed(registry.to_owned()));
+        }
+        self.guard
+            .check_host(registry)
+            .map_err(|e| UpstreamError::Forbidden {
+                registry: registry.to_owned(),
+                message: e.0,
+            })
     }
 
     /// The client for a normalised registry name, if the allowlist permits it.
@@ -95,17 +113,7 @@ impl Upstreams {
         {
             return Ok(u.clone());
         }
-        if !self.allow_any {
-            return Err(UpstreamError::NotAllowed(registry.to_owned()));
-        }
-        // Not listed: the host itself is judged here (IP literals, local names); names are
-        // judged again, address by address, when the client resolves them.
-        self.guard
-            .check_host(registry)
-            .map_err(|e| UpstreamError::Forbidden {
-                registry: registry.to_owned(),
-                message: e.0,
-            })?;
+        self.admit(registry)?;
         let up = Arc::new(Upstream::with_guard(
             &RegistryConfig::named(registry),
             self.guard.clone(),
