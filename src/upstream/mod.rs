@@ -75,9 +75,16 @@ impl Upstreams {
         })
     }
 
-    /// Whether requests for this (normalised) registry may be served.
+    /// Whether the allowlist (or `allowAnyUpstream`) admits this (normalised) registry. The
+    /// SSRF guard is not consulted: cached content (e.g. loaded from a tarball) may name any
+    /// host; fetching from it goes through [`Upstreams::get`], which is guarded.
     pub fn is_allowed(&self, registry: &str) -> bool {
-        self.admit(registry).is_ok()
+        self.allow_any
+            || self
+                .clients
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(registry)
     }
 
     /// Why requests for this (normalised) registry may not be served, if so: not in the
