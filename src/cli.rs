@@ -30,6 +30,9 @@ pub enum Command {
     List(ListArgs),
     /// Prune the cache files (the server must be stopped; use /cmd/prune on a live server).
     Prune(PruneArgs),
+    /// Check every cached file (blob digests, manifest records and their references, tags, temp
+    /// files); the server must be stopped. Exits non-zero when problems remain.
+    Verify(VerifyArgs),
     /// Preload the cache from image references, list files or image tarballs.
     Load(crate::load::LoadArgs),
     /// Print the operator's CustomResourceDefinitions (multi-document YAML), or write them to a
@@ -148,6 +151,15 @@ pub struct ListArgs {
     /// Most manifests to list (-1: all).
     #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
     pub count: i64,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Remove corrupt blobs, broken manifest records, dangling tags and temp files.
+    #[arg(long)]
+    pub repair: bool,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: OutputFormat,
 }
 
 #[derive(Args, Debug)]
@@ -466,6 +478,31 @@ fn prune(args: PruneArgs, image_path: Option<PathBuf>) -> Result<(), CliError> {
     }
 }
 
+fn verify(args: VerifyArgs, image_path: Option<PathBuf>) -> Result<(), CliError> {
+    let path = default_image_path(image_path);
+    if !path.join("blobs").is_dir() {
+        return Err(CliError::Store(crate::store::StoreError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no imagecache cache here (set --image-path)",
+            ),
+        }));
+    }
+    let report = crate::store::verify::run(&path, args.repair)?;
+    match args.format {
+        OutputFormat::Json => print(json(&report))?,
+        OutputFormat::Text => print(report.text())?,
+    }
+    match report.problems {
+        0 => Ok(()),
+        n => Err(CliError::Refused(format!(
+            "{n} problems in the cache at {}",
+            path.display()
+        ))),
+    }
+}
+
 /// Parses the command line and runs the subcommand.
 pub fn run() -> Result<(), CliError> {
     let cli = Cli::parse();
@@ -493,6 +530,7 @@ pub fn run() -> Result<(), CliError> {
             });
             prune(args, cli.image_path)
         }
+        Command::Verify(args) => verify(args, cli.image_path),
         Command::Load(args) => {
             init_logging(&crate::config::LogConfig {
                 level: "warn".into(),

@@ -13,6 +13,7 @@
 //! and free of HTTP types; async callers wrap it in `spawn_blocking` where it touches the disk.
 
 mod record;
+pub mod verify;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
