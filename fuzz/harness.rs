@@ -9,8 +9,11 @@ use std::str::FromStr;
 
 use imagecache::digest::Digest;
 
+/// One target: feeds the raw input to its parsers, panicking only on a parser bug.
+pub type Target = fn(&[u8]);
+
 /// Every target by name: the name of its `fuzz/fuzz_targets/<name>.rs` and `fuzz/corpus/<name>/`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("reference", reference),
     ("digest", digest),
     ("headers", headers),
@@ -58,7 +61,11 @@ pub fn reference(data: &[u8]) {
     use imagecache::reference::*;
     let s = text(data);
     let (path, ns, default) = (line(&s, 0), line(&s, 1), line(&s, 2));
-    let default = if default.is_empty() { "docker.io" } else { default };
+    let default = if default.is_empty() {
+        "docker.io"
+    } else {
+        default
+    };
     let ns = (!ns.is_empty()).then_some(ns);
     if let Ok(route) = parse_route(path) {
         let name = match &route {
@@ -82,7 +89,11 @@ pub fn reference(data: &[u8]) {
     }
     let _ = parse_reference(path);
     let _ = select_upstream(path, ns, default);
-    let _ = (looks_like_host(path), is_host(path), normalize_registry(path));
+    let _ = (
+        looks_like_host(path),
+        is_host(path),
+        normalize_registry(path),
+    );
 }
 
 /// A digest string; a valid one prints back to itself.
@@ -148,7 +159,11 @@ pub fn selector(data: &[u8]) {
     let s = text(data);
     let labels = labels();
     if let Ok(sel) = LabelSelector::parse(&s) {
-        let _ = (sel.matches(&labels), sel.matches(&BTreeMap::new()), sel.is_empty());
+        let _ = (
+            sel.matches(&labels),
+            sel.matches(&BTreeMap::new()),
+            sel.is_empty(),
+        );
     }
     if let Ok(sel) = FieldSelector::parse(&s) {
         let _ = sel.matches(|_| "sha256:abc");
@@ -164,7 +179,14 @@ pub fn docker_query(data: &[u8]) {
     let (raw, other) = (line(&s, 0), line(&s, 1));
     let tz = jiff::tz::TimeZone::fixed(jiff::tz::offset(2));
     if let Ok(f) = Filters::parse(Some(raw)) {
-        let _ = f.validate(&["dangling", "label", "label!", "reference", "until", "before"]);
+        let _ = f.validate(&[
+            "dangling",
+            "label",
+            "label!",
+            "reference",
+            "until",
+            "before",
+        ]);
         let _ = f.bool("dangling");
         let _ = f.until(now(), &tz);
         let _ = f.prune_labels_match(&labels());
@@ -272,7 +294,10 @@ pub fn node_config(data: &[u8]) {
             let _ = reg.upstream_url();
             for rt in [Runtime::Containerd, Runtime::Crio] {
                 let file = render(rt, reg, &mirror);
-                assert!(is_ours(file.content.as_bytes()), "rendered file lacks the marker");
+                assert!(
+                    is_ours(file.content.as_bytes()),
+                    "rendered file lacks the marker"
+                );
             }
         }
     }

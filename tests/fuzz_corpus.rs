@@ -29,7 +29,11 @@ fn every_corpus_input_parses_without_panicking() {
     for (name, run) in harness::TARGETS {
         let dir = fuzz_dir().join("corpus").join(name);
         let inputs = sorted_entries(&dir);
-        assert!(inputs.len() >= 3, "{name}: fewer than 3 seeds in {}", dir.display());
+        assert!(
+            inputs.len() >= 3,
+            "{name}: fewer than 3 seeds in {}",
+            dir.display()
+        );
         for input in inputs {
             let data = std::fs::read(&input).expect("corpus file");
             replayed += 1;
@@ -44,7 +48,11 @@ fn every_corpus_input_parses_without_panicking() {
         }
     }
     let _ = std::panic::take_hook();
-    assert!(failures.is_empty(), "parsers panicked:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "parsers panicked:\n{}",
+        failures.join("\n")
+    );
     assert!(replayed > 0);
 }
 
@@ -54,15 +62,29 @@ fn every_corpus_input_parses_without_panicking() {
 fn targets_corpora_and_fuzz_crate_agree() {
     let names: Vec<&str> = harness::TARGETS.iter().map(|(n, _)| *n).collect();
     for dir in sorted_entries(&fuzz_dir().join("corpus")) {
-        let n = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
-        assert!(names.contains(&n.as_str()), "corpus {n} has no harness target");
+        let n = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            names.contains(&n.as_str()),
+            "corpus {n} has no harness target"
+        );
     }
     let manifest = std::fs::read_to_string(fuzz_dir().join("Cargo.toml")).expect("fuzz/Cargo.toml");
     for n in names {
         let file = fuzz_dir().join("fuzz_targets").join(format!("{n}.rs"));
-        let src = std::fs::read_to_string(&file)
-            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        assert!(src.contains(&format!("harness::{n}(")), "{} does not call harness::{n}", file.display());
-        assert!(manifest.contains(&format!("name = \"{n}\"")), "fuzz/Cargo.toml lacks [[bin]] {n}");
+        let src =
+            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert!(
+            src.contains(&format!("harness::{n}(")),
+            "{} does not call harness::{n}",
+            file.display()
+        );
+        assert!(
+            manifest.contains(&format!("name = \"{n}\"")),
+            "fuzz/Cargo.toml lacks [[bin]] {n}"
+        );
     }
 }
