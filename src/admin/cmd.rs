@@ -249,6 +249,20 @@ fn seed_request(q: &HashMap<String, String>, json: bool) -> Result<PruneRequest,
     Ok(r)
 }
 
+/// `count`, the `pattern`s and the prune request (or why it is refused) of a `/cmd/*` query.
+#[doc(hidden)]
+pub type CmdQuery = (Option<usize>, Vec<Regex>, Result<PruneRequest, String>);
+
+/// The `/cmd/*` query parsers (`format`, `count`, `pattern`, the prune parameters) in one call, for
+/// the fuzz targets: the listing settings, and the prune request or its error message.
+#[doc(hidden)]
+pub fn parse_query(q: &HashMap<String, String>) -> Result<CmdQuery, String> {
+    let json = wants_json(q);
+    let n = count(q, json).map_err(|e| e.message)?;
+    let pats = patterns(q, "pattern", json).map_err(|e| e.message)?;
+    Ok((n, pats, seed_request(q, json).map_err(|e| e.message)))
+}
+
 fn prune_error(e: PruneError, json: bool) -> AdminError {
     let status = match e {
         PruneError::Request(_) => StatusCode::BAD_REQUEST,

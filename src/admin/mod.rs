@@ -4,6 +4,9 @@
 mod cmd;
 pub mod status;
 
+#[doc(hidden)]
+pub use cmd::parse_query as parse_cmd_query;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 

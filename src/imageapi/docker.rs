@@ -196,6 +196,12 @@ impl Params {
     }
 }
 
+/// The `platform`/`platforms` query parameter parser, public only for the fuzz targets.
+#[doc(hidden)]
+pub fn parse_platform(value: &str) -> Result<Option<Platform>, String> {
+    Params::platform(value, "platform").map_err(|e| e.to_string())
+}
+
 fn service(state: &AdminState) -> Result<Arc<PruneService>, DockerError> {
     state.prune.get().cloned().ok_or(DockerError::Loading)
 }

@@ -266,8 +266,9 @@ async fn delete_manifest(state: &Arc<AppState>, digest: Digest) -> Result<Respon
 
 /// `bytes=a-b`, `bytes=a-`, `bytes=-n` against a blob of `size`: the half-open range to send.
 /// `None` when there is no usable single range: the whole blob is sent, as RFC 9110 allows for
-/// multiple or malformed ranges.
-fn parse_range(header: &str, size: u64) -> Result<Option<(u64, u64)>, RegistryError> {
+/// multiple or malformed ranges. Public only for the fuzz targets.
+#[doc(hidden)]
+pub fn parse_range(header: &str, size: u64) -> Result<Option<(u64, u64)>, RegistryError> {
     let unsatisfiable = RegistryError::RangeNotSatisfiable { size };
     let Some(spec) = header.trim().strip_prefix("bytes=") else {
         return Ok(None);

@@ -291,16 +291,90 @@ pub fn glob_match(pattern: &str, name: &str) -> Result<bool, FilterError> {
     let p: Vec<char> = pattern.chars().collect();
     let n: Vec<char> = name.chars().collect();
     // Validate the whole pattern first: Go reports a bad class even past a mismatch.
+    let mut tokens = Vec::new();
     let mut i = 0;
     while i < p.len() {
         match p[i] {
             '\\' if i + 1 >= p.len() => return Err(bad()),
-            '\\' => i += 2,
-            '[' => i = parse_class(&p, i).ok_or_else(bad)?.end,
-            _ => i += 1,
+            '\\' => {
+                tokens.push(Token::Char(p[i + 1]));
+                i += 2;
+            }
+            '[' => {
+                let class = parse_class(&p, i).ok_or_else(bad)?;
+                i = class.end;
+                tokens.push(Token::Class(class));
+            }
+            '*' => {
+                tokens.push(Token::Star);
+                i += 1;
+            }
+            '?' => {
+                tokens.push(Token::Any);
+                i += 1;
+            }
+            c => {
+                tokens.push(Token::Char(c));
+                i += 1;
+            }
         }
     }
-    Ok(glob_at(&p, &n))
+    Ok(glob_tokens(&tokens, &n))
+}
+
+enum Token {
+    Star,
+    Any,
+    Class(Class),
+    Char(char),
+}
+
+/// Matches by tracking every name position the pattern so far can end at (sorted, no
+/// duplicates): at most the pattern's length times the name's, where backtracking over stars is
+/// exponential (a client's `reference=***...` filter could pin a core) and recursion per
+/// character can overflow the stack.
+fn glob_tokens(tokens: &[Token], n: &[char]) -> bool {
+    let mut at = vec![0];
+    for token in tokens {
+        let mut next = Vec::with_capacity(at.len());
+        match token {
+            // The star swallows any run of non-separators.
+            Token::Star => {
+                for &j in &at {
+                    let mut k = match next.last() {
+                        Some(&last) if last >= j => continue,
+                        _ => j,
+                    };
+                    next.push(k);
+                    while k < n.len() && n[k] != '/' {
+                        k += 1;
+                        next.push(k);
+                    }
+                }
+            }
+            one => {
+                for &j in &at {
+                    let Some(&c) = n.get(j) else { continue };
+                    let hit = match one {
+                        Token::Any => c != '/',
+                        Token::Char(want) => c == *want,
+                        Token::Class(class) => {
+                            class.ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi) != class.negated
+                        }
+                        Token::Star => false,
+                    };
+                    if hit {
+                        next.push(j + 1);
+                    }
+                }
+            }
+        }
+        if next.is_empty() {
+            return false;
+        }
+        at = next;
+    }
+    at.last() == Some(&n.len())
 }
 
 struct Class {
@@ -351,40 +425,6 @@ fn class_char(p: &[char], i: &mut usize) -> Option<char> {
     *i += 1;
     p.get(*i)?;
     Some(c)
-}
-
-fn glob_at(p: &[char], n: &[char]) -> bool {
-    let Some(&first) = p.first() else {
-        return n.is_empty();
-    };
-    match first {
-        '*' => {
-            // The star may swallow any run of non-separators, shortest first.
-            let mut k = 0;
-            loop {
-                if glob_at(&p[1..], &n[k..]) {
-                    return true;
-                }
-                if k >= n.len() || n[k] == '/' {
-                    return false;
-                }
-                k += 1;
-            }
-        }
-        '?' => !n.is_empty() && n[0] != '/' && glob_at(&p[1..], &n[1..]),
-        '[' => {
-            let Some(class) = parse_class(p, 0) else {
-                return false;
-            };
-            let Some(&c) = n.first() else {
-                return false;
-            };
-            let hit = class.ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi);
-            hit != class.negated && glob_at(&p[class.end..], &n[1..])
-        }
-        '\\' => p.len() > 1 && n.first() == Some(&p[1]) && glob_at(&p[2..], &n[1..]),
-        c => n.first() == Some(&c) && glob_at(&p[1..], &n[1..]),
-    }
 }
 
 #[cfg(test)]
@@ -529,5 +569,22 @@ mod tests {
         for bad in ["[", "a[", "a\\", "[]", "[a-", "[-a]", "[a-]"] {
             assert!(glob_match(bad, "x").is_err(), "{bad}");
         }
+        assert!(m("a*b*c", "axxbyyc"));
+        assert!(!m("a*b*c", "axxbyy/c"));
+        assert!(m("", ""));
+        assert!(!m("", "a"));
+    }
+
+    /// Found by the `docker_query` fuzz target: many stars against a non-matching name took
+    /// seconds with backtracking, and a long pattern recursed once per character.
+    #[test]
+    fn globs_stay_linear() {
+        let stars = format!("{}x", "*".repeat(60));
+        assert!(!glob_match(&stars, &"a".repeat(60)).unwrap());
+        assert!(glob_match(&stars, &format!("{}x", "a".repeat(60))).unwrap());
+        let long = "a".repeat(200_000);
+        assert!(glob_match(&long, &long).unwrap());
+        assert!(!glob_match(&format!("{long}*b"), &long).unwrap());
+        assert!(!glob_match(&"*a".repeat(50_000), "docker.io/library/alpine:3.20").unwrap());
     }
 }
