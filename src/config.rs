@@ -172,11 +172,7 @@ impl RegistryConfig {
             Scheme::Http => "http",
             Scheme::Https => "https",
         };
-        let host = match normalize_registry(&self.name).as_str() {
-            "docker.io" => "registry-1.docker.io".to_owned(),
-            _ => self.name.clone(),
-        };
-        format!("{scheme}://{host}")
+        format!("{scheme}://{}", crate::reference::api_host(&self.name))
     }
 }
 

@@ -252,6 +252,15 @@ pub fn select_upstream(
     })
 }
 
+/// The host that serves a registry's API when no endpoint is configured: the registry itself,
+/// except Docker Hub, whose API is at `registry-1.docker.io`.
+pub fn api_host(registry: &str) -> String {
+    match normalize_registry(registry).as_str() {
+        "docker.io" => "registry-1.docker.io".to_owned(),
+        _ => registry.to_owned(),
+    }
+}
+
 /// Lowercases a registry host and folds Docker Hub's aliases into `docker.io`.
 pub fn normalize_registry(host: &str) -> String {
     let host = host.to_ascii_lowercase();

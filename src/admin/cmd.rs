@@ -310,13 +310,13 @@ async fn admin_status(State(state): State<Arc<AdminState>>) -> Result<Response, 
     let svc = service(&state, true)?;
     let store = svc.store();
     let stats = store.stats();
-    let volume = fs4::statvfs(store.root()).ok();
+    let volume = crate::prune::volume(store);
     let status = super::status::CacheStatus {
         manifests: stats.manifests,
         blobs: stats.blobs,
         bytes: stats.bytes,
-        capacity_bytes: volume.as_ref().map(|v| v.total_space()),
-        free_bytes: volume.as_ref().map(|v| v.available_space()),
+        capacity_bytes: volume.map(|v| v.total),
+        free_bytes: volume.map(|v| v.free),
         revision: store.revision(),
         last_prune: svc.last_run(),
     };

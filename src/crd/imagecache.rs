@@ -279,9 +279,10 @@ pub struct PodSummary {
 pub struct LastPrune {
     /// When the run started.
     pub time: Time,
-    /// The PrunePolicy that ran it.
+    /// What started it on the pod: `api` (a PrunePolicy or `POST /admin/v1/prune`),
+    /// `background` (the registry's own `pruneConfig`) or `cli`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<String>,
+    pub trigger: Option<String>,
     #[serde(default)]
     pub dry_run: bool,
     #[serde(default)]

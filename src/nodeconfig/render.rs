@@ -154,10 +154,7 @@ impl Registry {
 
     /// The registry's own endpoint: the fallback when the mirror cannot serve.
     pub fn upstream_url(&self) -> String {
-        match self.0.as_str() {
-            "docker.io" => "https://registry-1.docker.io".to_owned(),
-            other => format!("https://{other}"),
-        }
+        format!("https://{}", crate::reference::api_host(&self.0))
     }
 }
 

@@ -103,6 +103,32 @@ impl Context {
     }
 }
 
+/// An `Api` over `namespace`, or over every namespace when `None`: how each controller scopes
+/// its watches to the operator's `--namespace`.
+pub fn scoped_api<K>(client: &Client, namespace: Option<&str>) -> kube::Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => kube::Api::namespaced(client.clone(), ns),
+        None => kube::Api::all(client.clone()),
+    }
+}
+
+/// The `error_policy` of every controller: log the failure and requeue the object after its
+/// backoff (5 s doubling to 5 min, reset by the next success).
+pub fn requeue_after_failure<K: kube::Resource<DynamicType = ()>>(
+    obj: &K,
+    err: &super::error::OperatorError,
+    ctx: &Context,
+) -> kube::runtime::controller::Action {
+    let key = object_key(obj);
+    let delay = ctx.backoff(&key);
+    tracing::warn!(object = %key, error = %err, retry_in = ?delay, "reconcile failed");
+    kube::runtime::controller::Action::requeue(delay)
+}
+
 /// The backoff key of an object.
 pub fn object_key<K: kube::Resource<DynamicType = ()>>(obj: &K) -> String {
     format!(

@@ -44,10 +44,6 @@ pub const NODE_CONFIG_COMPONENT: &str = "node-config";
 /// registry pods' selector (name and instance, immutable) must not match them: the Services,
 /// the PodDisruptionBudget and the operator's pod listing would take them for registry pods.
 pub const NODE_CONFIG_APP_NAME: &str = "imagecache-node-config";
-/// `containerd`'s registry host directory (`<dir>/<registry>/hosts.toml`).
-pub const CONTAINERD_HOSTS_DIR: &str = "/etc/containerd/certs.d";
-/// CRI-O's registries drop-in directory.
-pub const CRIO_HOSTS_DIR: &str = "/etc/containers/registries.conf.d";
 /// `app.kubernetes.io/managed-by` of a cache's children.
 pub const MANAGED_BY: &str = "imagecache-operator";
 /// Pod template annotation holding the config hash: a config change rolls the pods.
@@ -473,13 +469,18 @@ pub fn statefulset(
 /// default.
 pub fn node_config_hosts_dir(ic: &ImageCache) -> String {
     let mirror = ic.spec.node_mirror.clone().unwrap_or_default();
-    mirror.hosts_dir.unwrap_or_else(|| {
-        match mirror.runtime {
-            MirrorRuntime::Containerd => CONTAINERD_HOSTS_DIR,
-            MirrorRuntime::Crio => CRIO_HOSTS_DIR,
-        }
-        .to_owned()
-    })
+    mirror
+        .hosts_dir
+        .unwrap_or_else(|| node_runtime(ic).default_dir().display().to_string())
+}
+
+/// The runtime `imagecache node-config` writes for (its `--runtime`).
+fn node_runtime(ic: &ImageCache) -> crate::nodeconfig::Runtime {
+    use crate::nodeconfig::Runtime;
+    match ic.spec.node_mirror.as_ref().map(|m| m.runtime) {
+        Some(MirrorRuntime::Crio) => Runtime::Crio,
+        Some(MirrorRuntime::Containerd) | None => Runtime::Containerd,
+    }
 }
 
 /// The registries the nodes pull through the cache: `nodeMirror.registries`, else every upstream,
@@ -544,9 +545,9 @@ pub fn node_config_daemonset(
     image: &str,
     mirror_url: &str,
 ) -> Result<DaemonSet, DesiredError> {
-    let runtime = match ic.spec.node_mirror.as_ref().map(|m| m.runtime) {
-        Some(MirrorRuntime::Crio) => "crio",
-        _ => "containerd",
+    let runtime = match node_runtime(ic) {
+        crate::nodeconfig::Runtime::Crio => "crio",
+        crate::nodeconfig::Runtime::Containerd => "containerd",
     };
     let hosts_dir = node_config_hosts_dir(ic);
     let mut args = vec![

@@ -18,6 +18,11 @@ pub enum OperatorError {
     MissingField(&'static str),
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// The operator process cannot start (its listener, its HTTP client).
+    #[error("cannot start the operator: {0}")]
+    Startup(String),
+    #[error("lost the leader lease; exiting so a fresh process rejoins the election")]
+    LostLeadership,
 }
 
 impl OperatorError {
@@ -30,6 +35,8 @@ impl OperatorError {
             OperatorError::InvalidSpec(_) => "invalid_spec",
             OperatorError::MissingField(_) => "missing_field",
             OperatorError::Finalizer(_) => "finalizer",
+            OperatorError::Startup(_) => "startup",
+            OperatorError::LostLeadership => "lost_leadership",
         }
     }
 
@@ -42,6 +49,8 @@ impl OperatorError {
             OperatorError::InvalidSpec(_) => "InvalidSpec",
             OperatorError::MissingField(_) => "MissingField",
             OperatorError::Finalizer(_) => "FinalizerFailed",
+            OperatorError::Startup(_) => "StartupFailed",
+            OperatorError::LostLeadership => "LostLeadership",
         }
     }
 }

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -28,15 +27,15 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 use self::status::{Observation, PodObservation, whole_seconds};
 use super::conditions::{self, DEGRADED, READY};
-use super::context::{Context, MANAGER, object_key};
-use super::desired::{self, ADMIN_TOKEN_KEY, COMPONENT, MANAGED_BY};
+use super::context::{Context, MANAGER, object_key, requeue_after_failure, scoped_api};
+use super::desired::{self, COMPONENT, MANAGED_BY};
 use super::error::OperatorError;
 use super::metrics::Controller as ControllerLabel;
 use super::pods::{self, RegistryPod};
@@ -77,10 +76,7 @@ pub async fn reconcile(ic: Arc<ImageCache>, ctx: Arc<Context>) -> Result<Action,
 
 /// Requeues a failed ImageCache after the object's backoff.
 pub fn error_policy(ic: Arc<ImageCache>, err: &OperatorError, ctx: Arc<Context>) -> Action {
-    let key = object_key(&*ic);
-    let delay = ctx.backoff(&key);
-    tracing::warn!(imagecache = %key, error = %err, retry_in = ?delay, "imagecache reconcile failed");
-    Action::requeue(delay)
+    requeue_after_failure(&*ic, err, &ctx)
 }
 
 /// Runs the ImageCache controller until `shutdown`: ImageCaches in `namespace` (all when
@@ -93,15 +89,15 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
         "app.kubernetes.io/component={COMPONENT},{MANAGED_SELECTOR}"
     ));
     Controller::new(
-        scoped::<ImageCache>(&client, ns),
+        scoped_api::<ImageCache>(&client, ns),
         watcher::Config::default(),
     )
-    .owns(scoped::<StatefulSet>(&client, ns), owned.clone())
-    .owns(scoped::<Service>(&client, ns), owned.clone())
-    .owns(scoped::<ConfigMap>(&client, ns), owned.clone())
-    .owns(scoped::<Secret>(&client, ns), owned.clone())
-    .owns(scoped::<DaemonSet>(&client, ns), owned)
-    .watches(scoped::<Pod>(&client, ns), registry_pods, |pod| {
+    .owns(scoped_api::<StatefulSet>(&client, ns), owned.clone())
+    .owns(scoped_api::<Service>(&client, ns), owned.clone())
+    .owns(scoped_api::<ConfigMap>(&client, ns), owned.clone())
+    .owns(scoped_api::<Secret>(&client, ns), owned.clone())
+    .owns(scoped_api::<DaemonSet>(&client, ns), owned)
+    .watches(scoped_api::<Pod>(&client, ns), registry_pods, |pod| {
         cache_of_pod(&pod)
     })
     .graceful_shutdown_on(shutdown.cancelled_owned())
@@ -136,16 +132,6 @@ pub fn cache_of_pod(pod: &Pod) -> Option<ObjectRef<ImageCache>> {
     Some(ObjectRef::new(instance).within(pod.metadata.namespace.as_deref()?))
 }
 
-fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 async fn reconcile_inner(ic: &ImageCache, ctx: &Context) -> Result<Action, OperatorError> {
     let ns = ic
         .metadata
@@ -162,7 +148,7 @@ async fn reconcile_inner(ic: &ImageCache, ctx: &Context) -> Result<Action, Opera
     let children_created = existing.is_none();
     let token = existing
         .as_ref()
-        .and_then(token_of)
+        .and_then(pods::token_of)
         .unwrap_or_else(generate_token);
 
     let config_hash = desired::config_hash(&desired::config_yaml(ic)?);
@@ -187,7 +173,7 @@ async fn reconcile_inner(ic: &ImageCache, ctx: &Context) -> Result<Action, Opera
     .await?;
     let node_config = node_config(ic, ctx, &ns, &client_service).await?;
 
-    let observations = observe(ctx, pods::list(client, ic).await?).await;
+    let observations = observe(ctx, pods::list_with_token(client, ic, Some(&token)).await?).await;
     let new_status = status::status(
         ic,
         &Observation {
@@ -455,12 +441,6 @@ async fn publish(ic: &ImageCache, ctx: &Context, event: Event) {
 }
 
 /// The token in an admin token Secret, if it holds a usable one.
-fn token_of(secret: &Secret) -> Option<String> {
-    let bytes = secret.data.as_ref()?.get(ADMIN_TOKEN_KEY)?;
-    let token = String::from_utf8(bytes.0.clone()).ok()?;
-    (!token.trim().is_empty()).then_some(token)
-}
-
 /// A new admin token: 32 random bytes, hex.
 fn generate_token() -> String {
     hex::encode(rand::random::<[u8; 32]>())

@@ -28,7 +28,6 @@ pub mod prunepolicy;
 pub mod run;
 
 #[cfg(test)]
-#[allow(dead_code)] // Each reconciler's tests use a part of it.
 pub(crate) mod mock;
 
 pub use context::{Context, DEFAULT_REGISTRY_IMAGE, MANAGER, Settings};

@@ -100,9 +100,35 @@ fn admin_port(pod: &Pod) -> i32 {
         .unwrap_or(ADMIN_PORT)
 }
 
+/// The admin token in a cache's token Secret, if it holds a non-empty one.
+pub fn token_of(secret: &Secret) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(ADMIN_TOKEN_KEY)?;
+    let token = String::from_utf8(bytes.0.clone()).ok()?;
+    (!token.trim().is_empty()).then_some(token)
+}
+
 /// The registry pods of `ic` (by its selector labels), sorted by name, with the admin token
-/// from its Secret (absent while the Secret is not there yet).
+/// read from its Secret (absent while the Secret is not there yet).
 pub async fn list(client: &Client, ic: &ImageCache) -> Result<Vec<RegistryPod>, OperatorError> {
+    let ns = ic
+        .namespace()
+        .ok_or(OperatorError::MissingField("namespace"))?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let token = secrets
+        .get_opt(&desired::admin_token_secret_name(ic)?)
+        .await?
+        .as_ref()
+        .and_then(token_of);
+    list_with_token(client, ic, token.as_deref()).await
+}
+
+/// [`list`] for a caller that holds the token already (the ImageCache controller just applied
+/// it), saving the Secret read.
+pub async fn list_with_token(
+    client: &Client,
+    ic: &ImageCache,
+    token: Option<&str>,
+) -> Result<Vec<RegistryPod>, OperatorError> {
     let ns = ic
         .namespace()
         .ok_or(OperatorError::MissingField("namespace"))?;
@@ -112,19 +138,12 @@ pub async fn list(client: &Client, ic: &ImageCache) -> Result<Vec<RegistryPod>, 
         .collect::<Vec<_>>()
         .join(",");
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let token = secrets
-        .get_opt(&desired::admin_token_secret_name(ic)?)
-        .await?
-        .and_then(|s| s.data)
-        .and_then(|d| d.get(ADMIN_TOKEN_KEY).cloned())
-        .and_then(|b| String::from_utf8(b.0).ok());
     let mut out: Vec<RegistryPod> = pods
         .list(&ListParams::default().labels(&selector))
         .await?
         .items
         .iter()
-        .map(|p| registry_pod(p, token.as_deref()))
+        .map(|p| registry_pod(p, token))
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)

@@ -26,7 +26,7 @@ use kube::{Api, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use super::conditions::{self, Cond, READY};
-use super::context::{Context, MANAGER, object_key};
+use super::context::{Context, MANAGER, object_key, requeue_after_failure, scoped_api};
 use super::error::OperatorError;
 use super::inuse;
 use super::metrics::{Controller as ControllerLabel, PruneLabels, PruneResult};
@@ -110,18 +110,12 @@ pub async fn reconcile(pp: Arc<PrunePolicy>, ctx: Arc<Context>) -> Result<Action
 
 /// Requeues a failed reconcile with per-object backoff.
 pub fn error_policy(pp: Arc<PrunePolicy>, err: &OperatorError, ctx: Arc<Context>) -> Action {
-    let key = object_key(&*pp);
-    let delay = ctx.backoff(&key);
-    tracing::warn!(policy = %key, error = %err, retry_in = ?delay, "PrunePolicy reconcile failed");
-    Action::requeue(delay)
+    requeue_after_failure(&*pp, err, &ctx)
 }
 
 /// Runs the PrunePolicy controller until `shutdown`.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: CancellationToken) {
-    let api: Api<PrunePolicy> = match &namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
-    };
+    let api: Api<PrunePolicy> = scoped_api(&ctx.client, namespace.as_deref());
     Controller::new(api, watcher::Config::default())
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)

@@ -3,11 +3,9 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -35,31 +33,18 @@ pub struct Options {
     pub settings: Settings,
 }
 
-struct Health {
-    metrics: Arc<OperatorMetrics>,
-    /// Controllers started (the leader) or standing by: either way the process is healthy.
-    started: AtomicBool,
-}
-
 /// Runs until `shutdown` is cancelled (SIGTERM/SIGINT do it) or leadership is lost (an error,
 /// so the pod restarts and rejoins the election as client-go operators do).
 pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), OperatorError> {
     let client = Client::try_default().await?;
     let metrics = Arc::new(OperatorMetrics::new());
-    let registry = HttpRegistry::new().map_err(|e| OperatorError::Registry {
-        pod: "-".into(),
-        message: e.to_string(),
-    })?;
+    let registry = HttpRegistry::new().map_err(|e| OperatorError::Startup(e.to_string()))?;
     let ctx = Arc::new(Context::new(
         client.clone(),
         Arc::new(registry),
         metrics.clone(),
         options.settings.clone(),
     ));
-    let health = Arc::new(Health {
-        metrics: metrics.clone(),
-        started: AtomicBool::new(false),
-    });
     spawn_signal_handler(shutdown.clone());
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -68,7 +53,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Op
         })?;
     tracing::info!(listen = %options.listen, namespace = options.namespace.as_deref().unwrap_or("(all)"), "operator starting");
     let server = tokio::spawn(
-        axum::serve(listener, health_router(health.clone()))
+        axum::serve(listener, health_router(metrics.clone()))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future(),
     );
@@ -86,7 +71,6 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Op
             &identity,
             Timings::default(),
         );
-        health.started.store(true, Ordering::Relaxed);
         if !elector.acquire(&shutdown).await {
             let _ = server.await;
             return Ok(());
@@ -96,7 +80,6 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Op
         None
     };
     metrics.leader.set(1);
-    health.started.store(true, Ordering::Relaxed);
 
     let controllers = shutdown.child_token();
     let run_all = {
@@ -135,9 +118,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Op
     shutdown.cancel();
     let _ = server.await;
     if lost {
-        return Err(OperatorError::Finalizer(
-            "lost the leader lease; exiting so a fresh process rejoins the election".into(),
-        ));
+        return Err(OperatorError::LostLeadership);
     }
     tracing::info!("operator stopped");
     Ok(())
@@ -183,28 +164,22 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
     });
 }
 
-fn health_router(health: Arc<Health>) -> Router {
+/// The probes answer as soon as the listener is up: it starts after the Kubernetes client is
+/// built, and a standby replica (waiting for the Lease) is as ready as the leader.
+fn health_router(metrics: Arc<OperatorMetrics>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(health)
+        .route("/readyz", get(|| async { "ok\n" }))
+        .route("/metrics", get(render_metrics))
+        .with_state(metrics)
 }
 
-async fn readyz(State(h): State<Arc<Health>>) -> impl IntoResponse {
-    if h.started.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
-    }
-}
-
-async fn metrics(State(h): State<Arc<Health>>) -> impl IntoResponse {
+async fn render_metrics(State(metrics): State<Arc<OperatorMetrics>>) -> impl IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        h.metrics.render(),
+        metrics.render(),
     )
 }

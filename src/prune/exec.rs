@@ -37,13 +37,18 @@ pub struct Report {
     pub duration_ms: u64,
 }
 
+/// Size and free space of the volume holding the cache, when the file system tells.
+pub fn volume(store: &Store) -> Option<Volume> {
+    fs4::statvfs(store.root()).ok().map(|s| Volume {
+        total: s.total_space(),
+        free: s.available_space(),
+    })
+}
+
 /// A snapshot of the store for the planner, with the volume's size.
 pub fn inventory(store: &Store) -> Inventory {
     let snap = store.snapshot();
-    let volume = fs4::statvfs(store.root()).ok().map(|s| Volume {
-        total: s.total_space(),
-        free: s.available_space(),
-    });
+    let volume = volume(store);
     Inventory {
         manifests: snap
             .manifests

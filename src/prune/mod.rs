@@ -8,7 +8,7 @@ pub use plan::{Decision, Entry, Inventory, Item, Plan, Totals, Volume, plan};
 pub use request::{Compiled, PruneRequest, RequestError};
 pub mod exec;
 
-pub use exec::{PruneError, Report, inventory, run};
+pub use exec::{PruneError, Report, inventory, run, volume};
 
 pub mod service;
 #[cfg(test)]

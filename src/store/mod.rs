@@ -247,6 +247,23 @@ pub struct OpenReport {
     pub temp_files_removed: usize,
 }
 
+/// Takes the cache's exclusive lock (`<root>/.lock`), held while the returned file is open;
+/// [`StoreError::Locked`] when another process (a server, a CLI run) holds it.
+pub(crate) fn lock_cache(root: &Path) -> Result<File, StoreError> {
+    let path = root.join(".lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    match fs4::fs_std::FileExt::try_lock_exclusive(&file) {
+        Ok(true) => Ok(file),
+        Ok(false) => Err(StoreError::Locked(root.to_owned())),
+        Err(e) => Err(io_err(&path)(e)),
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the cache at `root`, takes its lock, sweeps temp files and
     /// rebuilds the index. Damaged entries are logged and skipped.
@@ -255,18 +272,7 @@ impl Store {
             let p = root.join(dir);
             fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
-        let lock_path = root.join(".lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        match fs4::fs_std::FileExt::try_lock_exclusive(&lock) {
-            Ok(true) => {}
-            Ok(false) => return Err(StoreError::Locked(root.to_owned())),
-            Err(e) => return Err(io_err(&lock_path)(e)),
-        }
+        let lock = lock_cache(root)?;
         let mut report = OpenReport::default();
         let tmp = root.join("tmp");
         for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))?.flatten() {

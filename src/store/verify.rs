@@ -350,18 +350,7 @@ pub struct Lock(#[allow(dead_code)] File);
 
 /// Takes the cache's lock, or fails with [`StoreError::Locked`] when a server holds it.
 pub fn lock(root: &Path) -> Result<Lock, StoreError> {
-    let path = root.join(".lock");
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io_err(&path))?;
-    match fs4::fs_std::FileExt::try_lock_exclusive(&file) {
-        Ok(true) => Ok(Lock(file)),
-        Ok(false) => Err(StoreError::Locked(root.to_owned())),
-        Err(e) => Err(io_err(&path)(e)),
-    }
+    super::lock_cache(root).map(Lock)
 }
 
 fn entries(dir: &Path) -> Vec<fs::DirEntry> {

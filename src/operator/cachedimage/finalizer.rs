@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::FINALIZER;
 use crate::crd::{CachedImage, CachedImageStatus, ImageCache};
 use crate::operator::conditions::{self, Cond};
-use crate::operator::context::{Context, MANAGER, object_key};
+use crate::operator::context::{Context, MANAGER, object_key, requeue_after_failure, scoped_api};
 use crate::operator::error::OperatorError;
 use crate::operator::metrics::Controller as Ctl;
 use crate::operator::pods;
@@ -176,23 +176,12 @@ fn status_patch(status: &CachedImageStatus) -> serde_json::Value {
 
 /// Requeues after the object's backoff.
 pub fn error_policy(obj: Arc<CachedImage>, err: &OperatorError, ctx: Arc<Context>) -> Action {
-    let delay = ctx.backoff(&object_key(&*obj));
-    tracing::warn!(
-        cachedimage = %obj.name_any(),
-        namespace = obj.namespace().unwrap_or_default(),
-        error = %err,
-        retry_in = ?delay,
-        "CachedImage reconcile failed"
-    );
-    Action::requeue(delay)
+    requeue_after_failure(&*obj, err, &ctx)
 }
 
 /// Runs the CachedImage controller until `shutdown`.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: CancellationToken) {
-    let api: Api<CachedImage> = match &namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
-    };
+    let api: Api<CachedImage> = scoped_api(&ctx.client, namespace.as_deref());
     // Spec changes reconcile too; with the finalizer in place those make no API call.
     Controller::new(api, watcher::Config::default())
         .graceful_shutdown_on(shutdown.cancelled_owned())

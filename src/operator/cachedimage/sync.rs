@@ -30,7 +30,7 @@ use super::mapping::CACHE_LABEL;
 use super::state::{CacheSync, Input, Write};
 use crate::crd::{CachedImage, ImageCache};
 use crate::imageapi::openshift::types::Image;
-use crate::operator::context::{Context, MANAGER};
+use crate::operator::context::{Context, MANAGER, scoped_api};
 use crate::operator::desired::{APP_NAME, COMPONENT};
 use crate::operator::pods::{self, PodTarget};
 
@@ -86,10 +86,10 @@ struct Supervisor {
 /// Runs the sync until `shutdown`; `namespace` limits it to one namespace.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: CancellationToken) {
     let client = ctx.client.clone();
-    let caches: Api<ImageCache> = api(&client, &namespace);
+    let caches: Api<ImageCache> = scoped_api(&client, namespace.as_deref());
     // Metadata only: a pod event just triggers a re-list.
-    let pods: Api<PartialObjectMeta<Pod>> = api(&client, &namespace);
-    let objects: Api<CachedImage> = api(&client, &namespace);
+    let pods: Api<PartialObjectMeta<Pod>> = scoped_api(&client, namespace.as_deref());
+    let objects: Api<CachedImage> = scoped_api(&client, namespace.as_deref());
     let pod_selector =
         format!("app.kubernetes.io/name={APP_NAME},app.kubernetes.io/component={COMPONENT}");
     let mut cache_events = watcher::watcher(caches, watcher::Config::default())
@@ -135,17 +135,6 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
         }
     }
     sup.stop_all().await;
-}
-
-fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
-    K::DynamicType: Default,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
 }
 
 fn key_of<K: kube::Resource>(obj: &K) -> CacheKey {

@@ -74,7 +74,7 @@ pub fn status(ic: &ImageCache, obs: &Observation<'_>, now: Time) -> ImageCacheSt
         .max_by_key(|p| p.started)
         .map(|p| LastPrune {
             time: whole_seconds(p.started),
-            policy: None,
+            trigger: Some(p.trigger.clone()),
             dry_run: p.dry_run,
             manifests: to_i64(p.manifests),
             bytes: to_i64(p.bytes),

@@ -152,11 +152,7 @@ async fn answer_children(server: &mut ApiServer, cluster: &Cluster) -> BTreeMap<
 }
 
 /// Answers `pods::list`: the token Secret, then the pods.
-async fn answer_pods(server: &mut ApiServer, token: &str, pods: Vec<Value>) {
-    server
-        .expect(Method::GET, &format!("{CORE}/secrets/x-admin-token"))
-        .await
-        .respond(200, secret_with(token));
+async fn answer_pods(server: &mut ApiServer, pods: Vec<Value>) {
     let ex = server.expect(Method::GET, &format!("{CORE}/pods")).await;
     assert_eq!(
         ex.query("labelSelector").as_deref(),
@@ -283,12 +279,7 @@ async fn create_applies_every_child_and_reports_two_pods() {
         Some(true)
     );
     answer_daemonset_get(&mut server, None).await;
-    answer_pods(
-        &mut server,
-        &token,
-        vec![pod("x-0", true), pod("x-1", false)],
-    )
-    .await;
+    answer_pods(&mut server, vec![pod("x-0", true), pod("x-1", false)]).await;
 
     let status = answer_status(&mut server).await;
     let s = &status["status"];
@@ -352,7 +343,7 @@ async fn existing_token_is_kept_and_a_second_reconcile_is_quiet() {
         EXISTING_TOKEN
     );
     answer_daemonset_get(&mut server, None).await;
-    answer_pods(&mut server, EXISTING_TOKEN, pods()).await;
+    answer_pods(&mut server, pods()).await;
     let status = answer_status(&mut server).await;
     assert_eq!(status["status"]["images"], 5);
     // The Secret existed: no "Created", only Ready gained.
@@ -368,7 +359,7 @@ async fn existing_token_is_kept_and_a_second_reconcile_is_quiet() {
     let second = answer_children(&mut server, &cluster).await;
     assert_eq!(first, second);
     answer_daemonset_get(&mut server, None).await;
-    answer_pods(&mut server, EXISTING_TOKEN, pods()).await;
+    answer_pods(&mut server, pods()).await;
     let action = finish(task).await.unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(60)));
     server.expect_silence(Duration::from_millis(100)).await;
@@ -391,7 +382,7 @@ async fn a_failing_admin_api_degrades_the_cache() {
     )
     .await;
     answer_daemonset_get(&mut server, None).await;
-    answer_pods(&mut server, EXISTING_TOKEN, vec![pod("x-0", true)]).await;
+    answer_pods(&mut server, vec![pod("x-0", true)]).await;
     let status = answer_status(&mut server).await;
     let degraded = condition(&status, "Degraded");
     assert_eq!(degraded["status"], "True");
@@ -563,7 +554,7 @@ async fn node_mirror_on_applies_the_daemonset_with_the_cluster_ip() {
         ])
     );
     ex.echo();
-    answer_pods(&mut server, EXISTING_TOKEN, vec![pod("x-0", true)]).await;
+    answer_pods(&mut server, vec![pod("x-0", true)]).await;
     answer_status(&mut server).await;
     let (_, reason, note) = answer_event(&mut server).await;
     assert_eq!(reason, "NodeMirrorEnabled");
@@ -595,7 +586,7 @@ async fn node_mirror_waits_for_the_cluster_ip() {
     .await;
     answer_daemonset_get(&mut server, None).await;
     // No DaemonSet apply: straight to the pods.
-    answer_pods(&mut server, EXISTING_TOKEN, vec![]).await;
+    answer_pods(&mut server, vec![]).await;
     answer_status(&mut server).await;
     assert_eq!(
         finish(task).await.unwrap(),
@@ -630,7 +621,7 @@ async fn node_mirror_off_deletes_our_daemonset_and_tolerates_404() {
     assert_eq!(ex.body["propagationPolicy"], "Background");
     // Gone already (a concurrent delete): fine.
     ex.not_found();
-    answer_pods(&mut server, EXISTING_TOKEN, vec![]).await;
+    answer_pods(&mut server, vec![]).await;
     answer_status(&mut server).await;
     let (_, reason, note) = answer_event(&mut server).await;
     assert_eq!(reason, "NodeMirrorDisabled");
@@ -652,7 +643,7 @@ async fn node_mirror_off_leaves_a_daemonset_it_does_not_own() {
     .await;
     answer_daemonset_get(&mut server, Some(daemonset("someone-else"))).await;
     // No DELETE: the pods are listed next.
-    answer_pods(&mut server, EXISTING_TOKEN, vec![]).await;
+    answer_pods(&mut server, vec![]).await;
     answer_status(&mut server).await;
     finish(task).await.unwrap();
 }
