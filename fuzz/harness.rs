@@ -112,6 +112,7 @@ pub fn headers(data: &[u8]) {
     use imagecache::imageapi::openshift::params::table_format;
     let s = text(data);
     let (range, size, accept) = (line(&s, 0), line(&s, 1), line(&s, 2));
+    let (retry_after, content_range) = (line(&s, 3), line(&s, 4));
     let size = size.trim().parse::<u64>().unwrap_or(1000);
     for size in [size, 0, 1, u64::MAX] {
         if let Ok(Some((start, end))) = imagecache::registry::parse_range(range, size) {
@@ -120,6 +121,13 @@ pub fn headers(data: &[u8]) {
     }
     let _ = table_format(Some(accept), None);
     let _ = table_format(Some(&s), None);
+    use imagecache::upstream::retry::{parse_retry_after, retry_after_header};
+    if let Some(wait) = parse_retry_after(retry_after, std::time::SystemTime::now()) {
+        let _ = retry_after_header(wait);
+    }
+    if let Some((first, complete)) = imagecache::registry::parse_content_range(content_range) {
+        assert!(complete.is_none_or(|c| first < c), "{content_range}");
+    }
 }
 
 /// A `/cmd/*` query string, parsed as axum's `Query` does, then through the handlers' parsers and

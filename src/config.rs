@@ -149,6 +149,8 @@ pub struct RegistryConfig {
     pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub timeouts: Timeouts,
+    #[serde(default)]
+    pub retry: RetryConfig,
 }
 
 impl RegistryConfig {
@@ -160,6 +162,7 @@ impl RegistryConfig {
             auth: None,
             tls: None,
             timeouts: Timeouts::default(),
+            retry: RetryConfig::default(),
         }
     }
 
@@ -221,6 +224,27 @@ impl Default for Timeouts {
             connect: Duration::from_secs(10),
             first_byte: Duration::from_secs(60),
             idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How transient upstream failures are retried (see `upstream::retry`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Tries per request, the first included; 1 turns retrying off.
+    pub attempts: u32,
+    /// The most a request waits between its tries in all, `Retry-After` included; a longer
+    /// `Retry-After` goes back to the client as a 429 instead.
+    #[serde(with = "serde_human")]
+    pub max_wait: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            attempts: 3,
+            max_wait: Duration::from_secs(10),
         }
     }
 }
@@ -308,6 +332,12 @@ impl Config {
                         r.name
                     ));
                 }
+            }
+            if !(1..=10).contains(&r.retry.attempts) {
+                return invalid(format!(
+                    "registries: {:?}: retry.attempts must be between 1 and 10",
+                    r.name
+                ));
             }
             if let Some(tls) = &r.tls
                 && tls.cert_file.is_some() != tls.key_file.is_some()

@@ -196,14 +196,10 @@ pub fn run(args: LoadArgs, image_path: Option<PathBuf>) -> Result<LoadReport, Lo
         .transpose()?;
     let (store, _) = Store::open(&config.image_path)?;
     let store = Arc::new(store);
-    let upstreams = Upstreams::new(&config)?;
+    let metrics = Arc::new(Metrics::new());
+    let upstreams = Upstreams::new(&config, metrics.upstream_retries.clone())?;
     let config = Arc::new(config);
-    let state = AppState::new(
-        config.clone(),
-        store.clone(),
-        upstreams,
-        Arc::new(Metrics::new()),
-    );
+    let state = AppState::new(config.clone(), store.clone(), upstreams, metrics);
     let mut out = Output {
         bar: progress_bar(),
         report: LoadReport::default(),

@@ -97,6 +97,26 @@ pub struct KindLabels {
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
+pub enum RetryReason {
+    /// No response: connection refused, reset or closed before the headers.
+    transport,
+    /// 500, 502, 503 or 504.
+    server_error,
+    /// 429, or a wait for an earlier `Retry-After` to pass.
+    rate_limited,
+    /// A body cut short: a blob resumed with a `Range` request, a manifest fetched again.
+    cut_transfer,
+    /// A manifest whose bytes did not match its digest, fetched again.
+    bad_digest,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub reason: RetryReason,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
 pub enum Trigger {
     api,
     background,
@@ -130,6 +150,7 @@ pub struct Metrics {
     pub lookups: Family<LookupLabels, Counter>,
     pub upstream_fetches: Family<UpstreamLabels, Counter>,
     pub upstream_bytes: Family<KindLabels, Counter>,
+    pub upstream_retries: Family<RetryLabels, Counter>,
     pub served_bytes: Family<KindLabels, Counter>,
     pub inflight_fetches: Gauge,
     store_manifests: Gauge,
@@ -177,6 +198,12 @@ impl Metrics {
             "upstream_bytes",
             "Bytes received from upstream registries",
             upstream_bytes.clone(),
+        );
+        let upstream_retries = Family::<RetryLabels, Counter>::default();
+        registry.register(
+            "upstream_retries",
+            "Upstream requests tried again or resumed, by reason",
+            upstream_retries.clone(),
         );
         let served_bytes = Family::<KindLabels, Counter>::default();
         registry.register(
@@ -246,6 +273,7 @@ impl Metrics {
             lookups,
             upstream_fetches,
             upstream_bytes,
+            upstream_retries,
             served_bytes,
             inflight_fetches,
             store_manifests,

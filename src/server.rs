@@ -92,7 +92,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         "cache index loaded"
     );
     let prune_schedule = config.prune_config.schedule()?;
-    let upstreams = Upstreams::new(&config)?;
+    let upstreams = Upstreams::new(&config, metrics.upstream_retries.clone())?;
     let state = AppState::new(config.clone(), store.clone(), upstreams, metrics.clone());
     let listener = bind(config.addr).await?;
     let pruner = Arc::new(PruneService::new(store.clone(), metrics));

@@ -15,9 +15,11 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use support::http::{get, send, send_body};
 use support::image::CONTAINERD_ACCEPT;
+use support::verify::{stop_verify_start, verify};
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_imagecache");
+
 /// Repositories the first image is also tagged in upstream, so a prune has many tag indexes
 /// and references to rewrite (a window wide enough to be cut).
 const FAN_OUT: usize = 8;
@@ -26,26 +28,6 @@ const FAN_OUT: usize = 8;
 const VARIANTS: usize = 100;
 const BROAD_PRUNE: &str = "/cmd/prune?type=pattern&expr=.&count=-1&minAge=0s&maxDeletionRatio=1";
 
-/// Runs `imagecache verify --format json` on `dir`; returns (exit success, report).
-fn verify(dir: &std::path::Path, repair: bool) -> (bool, Value) {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--image-path")
-        .arg(dir)
-        .args(["verify", "--format", "json"]);
-    if repair {
-        cmd.arg("--repair");
-    }
-    let out = cmd.output().unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "verify printed no JSON ({e}): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.success(), report)
-}
-
 fn finding_kinds(report: &Value) -> Vec<String> {
     report["findings"]
         .as_array()
@@ -53,20 +35,6 @@ fn finding_kinds(report: &Value) -> Vec<String> {
         .iter()
         .map(|f| f["kind"].as_str().unwrap().to_owned())
         .collect()
-}
-
-/// Stops the server gracefully, asserts `verify` finds nothing, and starts it again.
-fn stop_verify_start(cache: &mut ImageCache, when: &str) {
-    assert!(
-        cache.terminate(),
-        "{when}: the server did not stop on SIGTERM"
-    );
-    let (ok, report) = verify(cache.data_dir(), false);
-    assert!(
-        ok && report["problems"] == 0,
-        "{when}: verify found problems: {report:#}"
-    );
-    cache.restart();
 }
 
 /// Right after a kill the files may hold temp files (the next open sweeps them) but nothing

@@ -72,6 +72,9 @@ async fn cut_blob_transfer_caches_nothing_and_the_next_pull_succeeds() {
         .await
         .expect_err("a cut transfer must not look complete");
     assert!(!err.is_empty());
+    // The first request and two resumes (retry.attempts 3), each cut again.
+    let tries = fake.requests().iter().filter(|(_, p)| *p == path).count();
+    assert_eq!(tries, 3);
     assert_eq!(
         cached_blob_files(&cache),
         0,
@@ -186,21 +189,25 @@ async fn tags_are_trusted_for_the_ttl_then_rechecked() {
 #[tokio::test]
 async fn upstream_rate_limit_passes_retry_after_through() {
     let fake = FakeUpstream::start();
+    // Longer than a request may wait (retry.maxWait, 10s): passed back, not waited out.
     fake.route(
         "/v2/app/manifests/v1",
         429,
-        &[("Retry-After", "7"), ("Content-Type", "application/json")],
+        &[("Retry-After", "60"), ("Content-Type", "application/json")],
         br#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#.to_vec(),
     );
     let cache = cache_for(&fake).start();
-    let r = get(
-        &client(),
-        &format!("{}/v2/app/manifests/v1", cache.url()),
-        &[],
-    )
-    .await;
+    let url = format!("{}/v2/app/manifests/v1", cache.url());
+    let r = get(&client(), &url, &[]).await;
     r.assert_error(429, "TOOMANYREQUESTS");
-    assert_eq!(r.header("retry-after"), Some("7"));
+    assert_eq!(r.header("retry-after"), Some("60"));
+    let asked = fake.requests().len();
+    // Within the window the cache answers for the upstream without calling it.
+    let r = get(&client(), &url, &[]).await;
+    r.assert_error(429, "TOOMANYREQUESTS");
+    let left: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((58..=60).contains(&left), "{left}");
+    assert_eq!(fake.requests().len(), asked);
 }
 
 #[tokio::test]

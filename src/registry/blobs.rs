@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::error::RegistryError;
 use super::{AppState, upstream_failure};
 use crate::digest::{Digest, Hasher};
-use crate::metrics::{Kind, Outcome};
+use crate::metrics::{Kind, Outcome, RetryLabels, RetryReason};
 use crate::reference::RepoPath;
 
 /// Bytes per read from disk and per write to the temp file.
@@ -288,11 +288,12 @@ async fn fetch(
     tx: &watch::Sender<Progress>,
 ) -> Result<u64, RegistryError> {
     let upstream = state.upstreams.get(&repo.registry)?;
+    let suffix = format!("blobs/{digest}");
     let resp = upstream
         .send(
             Method::GET,
             &repo.repository,
-            &format!("blobs/{digest}"),
+            &suffix,
             header::HeaderMap::new(),
         )
         .await?;
@@ -306,6 +307,10 @@ async fn fetch(
     let mut written: u64 = 0;
     let mut pending = BytesMut::new();
     let mut body = resp.bytes_stream();
+    // Bytes at the front of a resumed body that we already have (an upstream that ignored
+    // `Range` and sent the whole blob again).
+    let mut skip: u64 = 0;
+    let mut resumes: u32 = 0;
     let upstream_bytes = state
         .metrics
         .upstream_bytes
@@ -315,14 +320,45 @@ async fn fetch(
         let chunk = body.next().await;
         let finished = chunk.is_none();
         if let Some(chunk) = chunk {
-            let chunk = chunk.map_err(|e| {
-                RegistryError::Unavailable(format!(
-                    "upstream {} cut the blob transfer: {}",
-                    upstream.name(),
-                    crate::upstream::error_chain(&e)
-                ))
-            })?;
+            let mut chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    let cut = RegistryError::Unavailable(format!(
+                        "upstream {} cut the blob transfer: {}",
+                        upstream.name(),
+                        crate::upstream::error_chain(&e)
+                    ));
+                    // Keep what arrived and ask for the rest, within the upstream's retry
+                    // budget; waiting clients just see the bytes keep coming.
+                    write_out(&writer, pending.split().freeze(), &mut written, total, tx).await?;
+                    resumes += 1;
+                    if resumes >= upstream.retry_config().attempts {
+                        return Err(cut);
+                    }
+                    match resume(&upstream, &repo.repository, &suffix, written, total).await {
+                        Some((rest, already)) => {
+                            tracing::info!(%repo, %digest, offset = written, "blob transfer cut; resuming");
+                            state
+                                .metrics
+                                .upstream_retries
+                                .get_or_create(&RetryLabels {
+                                    reason: RetryReason::cut_transfer,
+                                })
+                                .inc();
+                            body = rest.bytes_stream();
+                            skip = already;
+                            continue;
+                        }
+                        None => return Err(cut),
+                    }
+                }
+            };
             upstream_bytes.inc_by(chunk.len() as u64);
+            if skip > 0 {
+                let n = skip.min(chunk.len() as u64);
+                let _ = chunk.split_to(n as usize);
+                skip -= n;
+            }
             hasher.update(&chunk);
             pending.extend_from_slice(&chunk);
             if total.is_some_and(|t| written + pending.len() as u64 > t) {
@@ -334,16 +370,17 @@ async fn fetch(
         }
         // Batch small network chunks into large writes: one blocking call per CHUNK.
         if pending.len() >= CHUNK || (finished && !pending.is_empty()) {
-            let data = pending.split().freeze();
-            let len = data.len() as u64;
-            let (w, offset) = (writer.clone(), written);
-            tokio::task::spawn_blocking(move || w.write_all_at(&data, offset)).await??;
-            written += len;
-            tx.send_replace(Progress::Streaming { written, total });
+            write_out(&writer, pending.split().freeze(), &mut written, total, tx).await?;
         }
         if finished {
             break;
         }
+    }
+    if skip > 0 {
+        return Err(RegistryError::Unavailable(format!(
+            "upstream {} ended the resumed transfer early",
+            upstream.name()
+        )));
     }
     let actual = hasher.finish();
     if &actual != digest {
@@ -371,4 +408,60 @@ async fn fetch(
     })
     .await??;
     Ok(written)
+}
+
+/// Appends `data` to the temp file at `written` and tells the waiting clients.
+async fn write_out(
+    writer: &Arc<File>,
+    data: Bytes,
+    written: &mut u64,
+    total: Option<u64>,
+    tx: &watch::Sender<Progress>,
+) -> Result<(), RegistryError> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let len = data.len() as u64;
+    let (w, offset) = (writer.clone(), *written);
+    tokio::task::spawn_blocking(move || w.write_all_at(&data, offset)).await??;
+    *written += len;
+    tx.send_replace(Progress::Streaming {
+        written: *written,
+        total,
+    });
+    Ok(())
+}
+
+/// Asks for a blob from `offset` on after a cut. Returns the response and how many bytes at
+/// its front we already have: 0 for a matching 206, `offset` for a 200 (the upstream ignored
+/// `Range`). `None` when the upstream cannot be asked or answers anything else.
+async fn resume(
+    upstream: &crate::upstream::Upstream,
+    repository: &str,
+    suffix: &str,
+    offset: u64,
+    total: Option<u64>,
+) -> Option<(reqwest::Response, u64)> {
+    let mut headers = header::HeaderMap::new();
+    headers.insert(
+        header::RANGE,
+        header::HeaderValue::from_str(&format!("bytes={offset}-")).ok()?,
+    );
+    let resp = upstream
+        .send(Method::GET, repository, suffix, headers)
+        .await
+        .ok()?;
+    match resp.status() {
+        StatusCode::OK => Some((resp, offset)),
+        StatusCode::PARTIAL_CONTENT => {
+            let range = resp
+                .headers()
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(super::parse_content_range)?;
+            let consistent = range.0 == offset && total.is_none_or(|t| range.1 == Some(t));
+            consistent.then_some((resp, 0))
+        }
+        _ => None,
+    }
 }

@@ -104,6 +104,10 @@ impl From<UpstreamError> for RegistryError {
             UpstreamError::Unreachable { .. } | UpstreamError::Timeout { .. } => {
                 RegistryError::Unavailable(e.to_string())
             }
+            UpstreamError::RateLimited { retry_after, .. } => RegistryError::TooManyRequests {
+                message: e.to_string(),
+                retry_after: Some(crate::upstream::retry::retry_after_header(retry_after)),
+            },
         }
     }
 }

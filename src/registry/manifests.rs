@@ -13,9 +13,10 @@ use jiff::Timestamp;
 use super::error::RegistryError;
 use super::{AppState, Query, upstream_failure};
 use crate::digest::Digest;
-use crate::metrics::{Kind, Lookup, Outcome};
+use crate::metrics::{Kind, Lookup, Outcome, RetryLabels, RetryReason};
 use crate::reference::{Reference, RepoPath};
 use crate::store::{DOCKER_LIST, DOCKER_MANIFEST, ManifestContent, OCI_INDEX, OCI_MANIFEST};
+use crate::upstream::Upstream;
 
 /// Largest manifest accepted from an upstream (the distribution spec's recommended minimum).
 pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
@@ -240,6 +241,99 @@ async fn fetch_inner(
     reference: &Reference,
 ) -> Result<ManifestContent, RegistryError> {
     let upstream = state.upstreams.get(&repo.registry)?;
+    let upstream_bytes = state
+        .metrics
+        .upstream_bytes
+        .get_or_create(&crate::metrics::KindLabels {
+            kind: Kind::manifest,
+        })
+        .clone();
+    // A transfer cut short or bytes that do not hash right may be the network's fault, not the
+    // content's: a manifest is small, so it is simply fetched again within the retry budget.
+    let mut tries = 0;
+    let (bytes, content_type, digest) = loop {
+        tries += 1;
+        let downloaded = download(&upstream, repo, reference).await;
+        if let Ok(d) = &downloaded {
+            upstream_bytes.inc_by(d.bytes.len() as u64);
+        }
+        let failure = match downloaded.map(|d| d.verified(repo, reference)) {
+            Ok(Ok(v)) => break v,
+            Ok(Err(e)) => (e, RetryReason::bad_digest),
+            Err(Download::Cut(e)) => (e, RetryReason::cut_transfer),
+            Err(Download::Failed(e)) => return Err(e),
+        };
+        if tries >= upstream.retry_config().attempts {
+            return Err(failure.0);
+        }
+        tracing::info!(%repo, %reference, error = %failure.0, "manifest fetch failed; fetching again");
+        state
+            .metrics
+            .upstream_retries
+            .get_or_create(&RetryLabels { reason: failure.1 })
+            .inc();
+    };
+    let tag = match reference {
+        Reference::Tag(t) => Some(t.clone()),
+        Reference::Digest(_) => None,
+    };
+    let (store, repo) = (state.store.clone(), repo.clone());
+    let content = tokio::task::spawn_blocking(move || {
+        store.put_manifest(
+            &repo,
+            tag.as_deref(),
+            &digest,
+            content_type.as_deref(),
+            &bytes,
+            Timestamp::now(),
+        )
+    })
+    .await??;
+    Ok(content)
+}
+
+/// A manifest as the upstream sent it, not yet verified.
+struct Downloaded {
+    bytes: Bytes,
+    content_type: Option<String>,
+    header_digest: Option<Digest>,
+}
+
+enum Download {
+    /// The body was cut short: worth another try.
+    Cut(RegistryError),
+    /// Anything else: the answer stands.
+    Failed(RegistryError),
+}
+
+impl Downloaded {
+    /// The bytes, their content type and the digest they are stored under, which must be the
+    /// content's: by-digest requests verify against the request, by-tag ones against the
+    /// upstream's header when it names one.
+    fn verified(
+        self,
+        repo: &RepoPath,
+        reference: &Reference,
+    ) -> Result<(Bytes, Option<String>, Digest), RegistryError> {
+        let digest = match (reference, self.header_digest) {
+            (Reference::Digest(d), _) => d.clone(),
+            (Reference::Tag(_), Some(d)) => d,
+            (Reference::Tag(_), None) => Digest::sha256_of(&self.bytes),
+        };
+        if !digest.verifies(&self.bytes) {
+            return Err(RegistryError::UpstreamDigest(format!(
+                "manifest {repo}:{reference} does not hash to {digest}"
+            )));
+        }
+        Ok((self.bytes, self.content_type, digest))
+    }
+}
+
+async fn download(
+    upstream: &Upstream,
+    repo: &RepoPath,
+    reference: &Reference,
+) -> Result<Downloaded, Download> {
     let resp = upstream
         .send(
             Method::GET,
@@ -247,14 +341,18 @@ async fn fetch_inner(
             &format!("manifests/{reference}"),
             accept_header(),
         )
-        .await?;
+        .await
+        .map_err(|e| Download::Failed(e.into()))?;
     if resp.status() != StatusCode::OK {
-        return Err(upstream_failure(&resp, RegistryError::ManifestUnknown));
+        return Err(Download::Failed(upstream_failure(
+            &resp,
+            RegistryError::ManifestUnknown,
+        )));
     }
     let too_large = || {
-        RegistryError::ManifestTooLarge(format!(
+        Download::Failed(RegistryError::ManifestTooLarge(format!(
             "upstream manifest for {repo}:{reference} exceeds {MAX_MANIFEST_BYTES} bytes"
-        ))
+        )))
     };
     if resp
         .content_length()
@@ -276,53 +374,21 @@ async fn fetch_inner(
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
-            RegistryError::Unavailable(format!(
+            Download::Cut(RegistryError::Unavailable(format!(
                 "upstream cut the manifest transfer: {}",
                 crate::upstream::error_chain(&e)
-            ))
+            )))
         })?;
         if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
             return Err(too_large());
         }
         body.extend_from_slice(&chunk);
     }
-    let bytes: Bytes = body.freeze();
-    state
-        .metrics
-        .upstream_bytes
-        .get_or_create(&crate::metrics::KindLabels {
-            kind: Kind::manifest,
-        })
-        .inc_by(bytes.len() as u64);
-    // The digest we store under must be the content's: by-digest requests verify against the
-    // request, by-tag ones against the upstream's header when it names one.
-    let digest = match (reference, header_digest) {
-        (Reference::Digest(d), _) => d.clone(),
-        (Reference::Tag(_), Some(d)) => d,
-        (Reference::Tag(_), None) => Digest::sha256_of(&bytes),
-    };
-    if !digest.verifies(&bytes) {
-        return Err(RegistryError::UpstreamDigest(format!(
-            "manifest {repo}:{reference} does not hash to {digest}"
-        )));
-    }
-    let tag = match reference {
-        Reference::Tag(t) => Some(t.clone()),
-        Reference::Digest(_) => None,
-    };
-    let (store, repo) = (state.store.clone(), repo.clone());
-    let content = tokio::task::spawn_blocking(move || {
-        store.put_manifest(
-            &repo,
-            tag.as_deref(),
-            &digest,
-            content_type.as_deref(),
-            &bytes,
-            Timestamp::now(),
-        )
+    Ok(Downloaded {
+        bytes: body.freeze(),
+        content_type,
+        header_digest,
     })
-    .await??;
-    Ok(content)
 }
 
 /// `tags/list`: the upstream's list when it answers, the cached tags otherwise; paginated here

@@ -291,6 +291,33 @@ pub fn parse_range(header: &str, size: u64) -> Result<Option<(u64, u64)>, Regist
     Ok(Some(range))
 }
 
+/// An upstream's `Content-Range`, `bytes a-b/c` (or `bytes a-b/*`): the first byte and the
+/// complete length, if given. Public only for the fuzz targets.
+#[doc(hidden)]
+pub fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
+    let rest = value.trim().strip_prefix("bytes ")?;
+    let (range, complete) = rest.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let (first, last) = (
+        first.trim().parse::<u64>().ok()?,
+        last.trim().parse::<u64>().ok()?,
+    );
+    if last < first {
+        return None;
+    }
+    let complete = match complete.trim() {
+        "*" => None,
+        c => {
+            let c = c.parse::<u64>().ok()?;
+            if last >= c {
+                return None;
+            }
+            Some(c)
+        }
+    };
+    Some((first, complete))
+}
+
 async fn get_blob(
     state: &Arc<AppState>,
     repo: &RepoPath,
@@ -411,5 +438,19 @@ mod tests {
         assert_eq!(parse_range("bytes=5-1", 1000), Ok(None));
         assert!(parse_range("bytes=-0", 1000).is_err());
         assert!(parse_range("bytes=0-", 0).is_err());
+    }
+
+    #[test]
+    fn content_range_is_read_strictly() {
+        assert_eq!(
+            parse_content_range("bytes 10-99/100"),
+            Some((10, Some(100)))
+        );
+        assert_eq!(parse_content_range("bytes 0-0/*"), Some((0, None)));
+        assert_eq!(parse_content_range("bytes 10-9/100"), None);
+        assert_eq!(parse_content_range("bytes */100"), None);
+        assert_eq!(parse_content_range("items 0-1/2"), None);
+        assert_eq!(parse_content_range("bytes 1-2/x"), None);
+        assert_eq!(parse_content_range("bytes 5-10/10"), None);
     }
 }

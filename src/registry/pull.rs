@@ -452,13 +452,9 @@ mod tests {
             ..Config::default()
         };
         let (store, _) = Store::open(dir).unwrap();
-        let upstreams = Upstreams::new(&config).unwrap();
-        AppState::new(
-            Arc::new(config),
-            Arc::new(store),
-            upstreams,
-            Arc::new(Metrics::new()),
-        )
+        let metrics = Arc::new(Metrics::new());
+        let upstreams = Upstreams::new(&config, metrics.upstream_retries.clone()).unwrap();
+        AppState::new(Arc::new(config), Arc::new(store), upstreams, metrics)
     }
 
     fn repo() -> RepoPath {

@@ -4,16 +4,24 @@
 
 pub mod auth;
 pub mod guard;
+pub mod retry;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use reqwest::{Method, StatusCode, header};
 
-use crate::config::{Config, RegistryConfig, Timeouts};
+use crate::config::{Config, RegistryConfig, RetryConfig, Timeouts};
+use crate::metrics::{RetryLabels, RetryReason};
 use auth::{CachedToken, Challenge, Credentials, TokenResponse, parse_challenge};
 use guard::Guard;
+use retry::{Decision, Failure};
+
+/// Counts of upstream requests tried again, by reason (`imagecache_upstream_retries_total`).
+pub type RetryCounters = Family<RetryLabels, Counter>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -32,6 +40,13 @@ pub enum UpstreamError {
     Unauthorized {
         registry: String,
         status: StatusCode,
+    },
+    /// The upstream asked (`Retry-After`) not to be called again for longer than a request may
+    /// wait; nothing was sent.
+    #[error("upstream {registry} is rate limiting: retry after {}", retry::retry_after_header(*retry_after))]
+    RateLimited {
+        registry: String,
+        retry_after: Duration,
     },
 }
 
@@ -52,11 +67,13 @@ impl UpstreamError {
 pub struct Upstreams {
     allow_any: bool,
     guard: Guard,
+    retries: RetryCounters,
     clients: RwLock<HashMap<String, Arc<Upstream>>>,
 }
 
 impl Upstreams {
-    pub fn new(config: &Config) -> Result<Upstreams, UpstreamError> {
+    /// Clients for the config's upstreams; their retries are counted in `retries`.
+    pub fn new(config: &Config, retries: RetryCounters) -> Result<Upstreams, UpstreamError> {
         let mut clients = HashMap::new();
         let endpoints: Vec<String> = config
             .registries
@@ -65,12 +82,13 @@ impl Upstreams {
             .collect();
         let guard = Guard::new(endpoints.iter().map(String::as_str));
         for r in &config.registries {
-            let up = Upstream::with_guard(r, guard.clone())?;
+            let up = Upstream::with_guard(r, guard.clone())?.counting(retries.clone());
             clients.insert(crate::reference::normalize_registry(&r.name), Arc::new(up));
         }
         Ok(Upstreams {
             allow_any: config.allow_any_upstream,
             guard,
+            retries,
             clients: RwLock::new(clients),
         })
     }
@@ -121,10 +139,10 @@ impl Upstreams {
             return Ok(u.clone());
         }
         self.admit(registry)?;
-        let up = Arc::new(Upstream::with_guard(
-            &RegistryConfig::named(registry),
-            self.guard.clone(),
-        )?);
+        let up = Arc::new(
+            Upstream::with_guard(&RegistryConfig::named(registry), self.guard.clone())?
+                .counting(self.retries.clone()),
+        );
         let mut clients = self.clients.write().unwrap_or_else(|p| p.into_inner());
         Ok(clients.entry(registry.to_owned()).or_insert(up).clone())
     }
@@ -137,6 +155,10 @@ pub struct Upstream {
     guard: Guard,
     credentials: Option<Credentials>,
     timeouts: Timeouts,
+    retry: RetryConfig,
+    retries: RetryCounters,
+    /// No request before this instant: the upstream said so with `Retry-After`.
+    hold_until: Mutex<Option<Instant>>,
     /// The last challenge seen, so new scopes fetch a token before the first request.
     challenge: Mutex<Option<Challenge>>,
     tokens: Mutex<HashMap<String, CachedToken>>,
@@ -219,18 +241,33 @@ impl Upstream {
             guard,
             credentials,
             timeouts: r.timeouts,
+            retry: r.retry,
+            retries: RetryCounters::default(),
+            hold_until: Mutex::new(None),
             challenge: Mutex::new(None),
             tokens: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The same client, counting its retries in `retries`.
+    pub fn counting(mut self, retries: RetryCounters) -> Upstream {
+        self.retries = retries;
+        self
     }
 
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// Sends `method /v2/<repository>/<suffix>` with authentication. A 401 is answered once by
-    /// fetching a token (or sending basic credentials) and retrying; what comes back after that
-    /// is the caller's to interpret, except a second 401/403 which is [`UpstreamError::Unauthorized`].
+    /// The retry settings of this upstream (the blob fetch resumes within the same budget).
+    pub fn retry_config(&self) -> &RetryConfig {
+        &self.retry
+    }
+
+    /// Sends `method /v2/<repository>/<suffix>` with authentication, trying again after
+    /// transient failures as [`retry`] rules, and never before a `Retry-After` the upstream
+    /// gave has passed. What comes back is the caller's to interpret, except a second 401/403
+    /// which is [`UpstreamError::Unauthorized`].
     pub async fn send(
         &self,
         method: Method,
@@ -241,11 +278,110 @@ impl Upstream {
         let url = format!("{}/v2/{}/{}", self.base, repository, suffix);
         self.check(&url)?;
         let scope = format!("repository:{repository}:pull");
-        let mut auth = self.authorization(&scope, false).await?;
+        let mut waited = Duration::ZERO;
+        let mut tries = 0;
+        loop {
+            self.respect_hold(&mut waited).await?;
+            tries += 1;
+            let outcome = self.send_once(&method, &url, &scope, &headers).await;
+            let (failure, retry_after) = match &outcome {
+                Ok(resp) => {
+                    let failure = Failure::Status(resp.status().as_u16());
+                    if !failure.is_transient() {
+                        return outcome;
+                    }
+                    let retry_after = resp
+                        .headers()
+                        .get(header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| retry::parse_retry_after(v, std::time::SystemTime::now()));
+                    (failure, retry_after)
+                }
+                Err(UpstreamError::Unreachable { .. }) => (Failure::Transport, None),
+                Err(_) => return outcome,
+            };
+            if let Some(wait) = retry_after {
+                self.hold(wait);
+            }
+            let decision = retry::decide(
+                &self.retry,
+                tries,
+                failure,
+                retry_after,
+                waited,
+                rand::random::<f64>(),
+            );
+            let Decision::Retry(wait) = decision else {
+                return outcome;
+            };
+            let reason = match failure {
+                Failure::Transport => RetryReason::transport,
+                Failure::Status(429) => RetryReason::rate_limited,
+                Failure::Status(_) => RetryReason::server_error,
+            };
+            self.retries.get_or_create(&RetryLabels { reason }).inc();
+            tracing::debug!(
+                registry = %self.name,
+                ?failure,
+                wait_ms = wait.as_millis() as u64,
+                tries,
+                "upstream request failed; trying again"
+            );
+            tokio::time::sleep(wait).await;
+            waited += wait;
+        }
+    }
+
+    /// Remembers that the upstream wants no request for `wait`.
+    fn hold(&self, wait: Duration) {
+        let Some(until) = Instant::now().checked_add(wait) else {
+            return;
+        };
+        let mut hold = self.hold_until.lock().unwrap_or_else(|p| p.into_inner());
+        if hold.is_none_or(|h| h < until) {
+            *hold = Some(until);
+        }
+    }
+
+    /// Waits out a `Retry-After` hold when it fits the request's budget; otherwise refuses
+    /// without calling the upstream, so no client can make us ignore its `Retry-After`.
+    async fn respect_hold(&self, waited: &mut Duration) -> Result<(), UpstreamError> {
+        let until = *self.hold_until.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(remaining) = until
+            .map(|u| u.saturating_duration_since(Instant::now()))
+            .filter(|r| !r.is_zero())
+        else {
+            return Ok(());
+        };
+        if waited.saturating_add(remaining) > self.retry.max_wait || self.retry.attempts < 2 {
+            return Err(UpstreamError::RateLimited {
+                registry: self.name.clone(),
+                retry_after: remaining,
+            });
+        }
+        self.retries
+            .get_or_create(&RetryLabels {
+                reason: RetryReason::rate_limited,
+            })
+            .inc();
+        tokio::time::sleep(remaining).await;
+        *waited += remaining;
+        Ok(())
+    }
+
+    /// One try: a 401 is answered once by fetching a token (or sending basic credentials).
+    async fn send_once(
+        &self,
+        method: &Method,
+        url: &str,
+        scope: &str,
+        headers: &header::HeaderMap,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let mut auth = self.authorization(scope, false).await?;
         for attempt in 0..2 {
             let mut req = self
                 .client
-                .request(method.clone(), &url)
+                .request(method.clone(), url)
                 .headers(headers.clone());
             if let Some(a) = &auth {
                 req = req.header(header::AUTHORIZATION, a);
@@ -266,7 +402,7 @@ impl Upstream {
                 });
             }
             *self.challenge.lock().unwrap_or_else(|p| p.into_inner()) = challenge;
-            auth = self.authorization(&scope, true).await?;
+            auth = self.authorization(scope, true).await?;
         }
         unreachable!("the loop returns on its second attempt")
     }

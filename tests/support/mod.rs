@@ -4,11 +4,13 @@
 
 pub mod distribution;
 pub mod fake;
+pub mod faultproxy;
 pub mod http;
 pub mod image;
 pub mod pull;
 pub mod server;
 pub mod skopeo;
+pub mod verify;
 
 use std::net::TcpListener;
 use std::path::Path;

@@ -1,0 +1,503 @@
+//! Fault injection between imagecache and a real CNCF Distribution registry: a proxy
+//! (`support::faultproxy`) adds latency, resets, truncated bodies, 5xx bursts, 429 with
+//! `Retry-After`, corrupted bytes and slow-loris responses to what Distribution sends.
+//!
+//! What must hold whatever the upstream does: a client gets the exact bytes or a clean error
+//! (an OCI error answer, or a blob transfer cut before its announced length), nothing wrong is
+//! ever cached (`imagecache verify` after each test), and no request reaches an upstream
+//! before the `Retry-After` it gave has passed.
+//!
+//! The chaos test draws its faults from a seeded RNG; the seed is printed, and
+//! `IMAGECACHE_FAULT_SEED=<n>` replays it.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::faultproxy::{Fault, FaultProxy, Rule};
+use support::http::{get, send};
+use support::image::CONTAINERD_ACCEPT;
+use support::verify::stop_verify_start;
+use support::*;
+
+const BROAD_PRUNE: &str = "/cmd/prune?type=pattern&expr=.&count=-1&minAge=0s&maxDeletionRatio=1";
+
+/// A Distribution registry with `count` single-platform images (`r0` ... as `rN:v1`, two
+/// layers each, the second `big` bytes), the fault proxy in front of it, and imagecache
+/// using the proxy as `upstream.test` with short timeouts so stalls are found quickly.
+struct Rig {
+    tmp: tempfile::TempDir,
+    _dist: Distribution,
+    proxy: FaultProxy,
+    cache: ImageCache,
+    images: Vec<Image>,
+}
+
+impl Rig {
+    fn start(count: usize, big: usize) -> Rig {
+        let tmp = tempfile::tempdir().unwrap();
+        let dist = Distribution::start();
+        let images: Vec<Image> = (0..count)
+            .map(|i| {
+                let image = gen_image(
+                    &tmp.path().join(format!("img{i}")),
+                    100 + i as u64,
+                    &[20_000 + i, big + i],
+                    &Platform::linux_amd64(),
+                );
+                dist.push(&image.source_ref(), &format!("r{i}:v1"));
+                image
+            })
+            .collect();
+        let proxy = FaultProxy::start(&dist.url());
+        let cache = ImageCache::builder()
+            .registry_with(json!({
+                "name": UPSTREAM,
+                "endpoint": proxy.url(),
+                "timeouts": {"connect": "2s", "firstByte": "2s", "idle": "1s"},
+                "retry": {"attempts": 3, "maxWait": "5s"},
+            }))
+            .start();
+        Rig {
+            tmp,
+            _dist: dist,
+            proxy,
+            cache,
+            images,
+        }
+    }
+
+    fn repo(&self, i: usize) -> Repo {
+        Repo::new(&self.cache.url(), &format!("{UPSTREAM}/r{i}"))
+    }
+
+    /// The first layer's digest of image `i` (the small one).
+    fn small_layer(&self, i: usize) -> String {
+        self.images[i].children[0].layers[0].digest.clone()
+    }
+
+    /// The second layer's digest of image `i` (the big one).
+    fn big_layer(&self, i: usize) -> String {
+        self.images[i].children[0].layers[1].digest.clone()
+    }
+
+    fn blob_cached(&self, digest: &str) -> bool {
+        let hex = digest.trim_start_matches("sha256:");
+        self.cache
+            .data_dir()
+            .join(format!("blobs/sha256/{}/{hex}", &hex[..2]))
+            .exists()
+    }
+
+    /// A sample of the cache's `/metrics`, 0 when absent.
+    async fn metric(&self, name_and_labels: &str) -> f64 {
+        let r = get(
+            &client(),
+            &format!("{}/metrics", self.cache.admin_url()),
+            &[],
+        )
+        .await;
+        r.text()
+            .lines()
+            .find_map(|l| l.strip_prefix(name_and_labels))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+/// GETs `url` and checks the answer: `Ok` for a 200 with exactly `expected`, `Err` with a
+/// description for a clean error. Anything else (a 200 with other bytes, an error without
+/// the OCI envelope) fails the test.
+async fn fetch_checked(c: &reqwest::Client, url: &str, expected: &[u8]) -> Result<(), String> {
+    let resp = c
+        .get(url)
+        .header("Accept", CONTAINERD_ACCEPT)
+        .send()
+        .await
+        .map_err(|e| format!("no answer: {e}"))?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.bytes().await;
+    if status == 200 {
+        let body = body.map_err(|e| format!("200, body cut: {e}"))?;
+        assert!(
+            body.as_ref() == expected,
+            "WRONG BYTES: GET {url} answered 200 with {} bytes that differ from the source",
+            body.len()
+        );
+        return Ok(());
+    }
+    let body = body.unwrap_or_else(|e| panic!("GET {url}: {status} with a cut error body: {e}"));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|_| {
+        panic!(
+            "GET {url}: {status} without an OCI error body: {}",
+            String::from_utf8_lossy(&body)
+        )
+    });
+    let code = v["errors"][0]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("GET {url}: {status} error body without a code: {v}"));
+    assert!(status >= 400, "GET {url}: unexpected status {status}");
+    let retry_after = headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| format!(" retry-after={v}"))
+        .unwrap_or_default();
+    Err(format!("{status} {code}{retry_after}"))
+}
+
+/// Pulls image `i` by tag the way a runtime does; the first clean error ends it.
+async fn pull_checked(c: &reqwest::Client, repo: &Repo, image: &Image) -> Result<(), String> {
+    fetch_checked(c, &repo.manifest_url("v1"), &image.read(image.digest())).await?;
+    for b in image.blobs() {
+        fetch_checked(c, &repo.blob_url(&b.digest), &image.read(&b.digest)).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_and_the_client_never_sees_them() {
+    let faults = [
+        Fault::Latency(Duration::from_millis(300)),
+        Fault::ResetBeforeResponse,
+        Fault::Status(500),
+        Fault::Status(502),
+        Fault::Status(503),
+        Fault::Status(504),
+    ];
+    let mut rig = Rig::start(faults.len(), 100_000);
+    let c = client();
+    for (i, fault) in faults.iter().enumerate() {
+        // Two tries fail on the manifest, one on the small layer: within 3 attempts.
+        rig.proxy.inject(Rule::new(
+            "GET",
+            &format!("/r{i}/manifests/v1"),
+            fault.clone(),
+            2,
+        ));
+        rig.proxy
+            .inject(Rule::new("GET", &rig.small_layer(i), fault.clone(), 1));
+        pull_checked(&c, &rig.repo(i), &rig.images[i])
+            .await
+            .unwrap_or_else(|e| panic!("{fault:?}: the pull failed: {e}"));
+        let manifest_tries = rig.proxy.seen_for(&format!("/r{i}/manifests/v1")).len();
+        let layer_tries = rig.proxy.seen_for(&rig.small_layer(i)).len();
+        // A slow answer is still an answer: waited for, not retried.
+        let expected = match fault {
+            Fault::Latency(_) => (1, 1),
+            _ => (3, 2),
+        };
+        assert_eq!((manifest_tries, layer_tries), expected, "{fault:?}");
+    }
+    assert!(
+        rig.metric("imagecache_upstream_retries_total{reason=\"server_error\"}")
+            .await
+            >= 12.0
+    );
+    assert!(
+        rig.metric("imagecache_upstream_retries_total{reason=\"transport\"}")
+            .await
+            >= 3.0
+    );
+    stop_verify_start(&mut rig.cache, "after transient faults");
+}
+
+#[tokio::test]
+async fn cut_and_stalled_blobs_are_resumed_from_where_they_stopped() {
+    let faults = [
+        Fault::Truncate,
+        Fault::ResetMidBody,
+        // Longer than the 1 s idle timeout: the cache gives up on the trickle and resumes.
+        Fault::Stall(Duration::from_millis(2500)),
+    ];
+    let mut rig = Rig::start(faults.len(), 1 << 20);
+    let c = client();
+    for (i, fault) in faults.iter().enumerate() {
+        let big = rig.big_layer(i);
+        rig.proxy.inject(Rule::new("GET", &big, fault.clone(), 1));
+        pull_checked(&c, &rig.repo(i), &rig.images[i])
+            .await
+            .unwrap_or_else(|e| panic!("{fault:?}: the pull failed: {e}"));
+        let tries = rig.proxy.seen_for(&big);
+        assert_eq!(tries.len(), 2, "{fault:?}: {tries:?}");
+        assert_eq!(tries[0].header("range"), None);
+        let range = tries[1].header("range").unwrap_or_default();
+        let offset: u64 = range
+            .strip_prefix("bytes=")
+            .and_then(|r| r.strip_suffix('-'))
+            .and_then(|o| o.parse().ok())
+            .unwrap_or_else(|| panic!("{fault:?}: the second request is no resume: {range:?}"));
+        assert!(offset > 0, "{fault:?}: resumed from {offset}");
+        assert!(rig.blob_cached(&big));
+    }
+    assert_eq!(
+        rig.metric("imagecache_upstream_retries_total{reason=\"cut_transfer\"}")
+            .await,
+        3.0
+    );
+    stop_verify_start(&mut rig.cache, "after resumed transfers");
+}
+
+#[tokio::test]
+async fn a_corrupted_or_cut_manifest_is_fetched_again() {
+    let faults = [Fault::Corrupt, Fault::Truncate, Fault::ResetMidBody];
+    let mut rig = Rig::start(faults.len() * 2, 10_000);
+    let c = client();
+    for (i, fault) in faults.iter().enumerate() {
+        // By tag (checked against Docker-Content-Digest) and by digest.
+        let (by_tag, by_digest) = (2 * i, 2 * i + 1);
+        rig.proxy.inject(Rule::new(
+            "GET",
+            &format!("/r{by_tag}/manifests/v1"),
+            fault.clone(),
+            1,
+        ));
+        let image = &rig.images[by_tag];
+        fetch_checked(
+            &c,
+            &rig.repo(by_tag).manifest_url("v1"),
+            &image.read(image.digest()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{fault:?} by tag: {e}"));
+        let image = &rig.images[by_digest];
+        rig.proxy
+            .inject(Rule::new("GET", image.digest(), fault.clone(), 1));
+        fetch_checked(
+            &c,
+            &rig.repo(by_digest).manifest_url(image.digest()),
+            &image.read(image.digest()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{fault:?} by digest: {e}"));
+        assert_eq!(rig.proxy.seen_for(image.digest()).len(), 2, "{fault:?}");
+    }
+    stop_verify_start(&mut rig.cache, "after refetched manifests");
+}
+
+#[tokio::test]
+async fn persistent_faults_end_in_clean_errors_and_nothing_wrong_is_cached() {
+    let faults = [
+        Fault::Corrupt,
+        Fault::Truncate,
+        Fault::Status(503),
+        Fault::ResetBeforeResponse,
+        // Longer than the 2 s first-byte timeout.
+        Fault::StallHeaders(Duration::from_millis(3000)),
+    ];
+    let mut rig = Rig::start(faults.len(), 300_000);
+    let c = client();
+    for (i, fault) in faults.iter().enumerate() {
+        let (repo, image, big) = (rig.repo(i), &rig.images[i], rig.big_layer(i));
+        // The manifest fails on every try: a clean error, nothing cached.
+        let manifest_path = format!("/r{i}/manifests/v1");
+        rig.proxy
+            .inject(Rule::new("GET", &manifest_path, fault.clone(), usize::MAX));
+        let err = fetch_checked(&c, &repo.manifest_url("v1"), &image.read(image.digest()))
+            .await
+            .expect_err("every try failed");
+        eprintln!("{fault:?} on the manifest: {err}");
+        // So does the big blob.
+        rig.proxy
+            .inject(Rule::new("GET", &big, fault.clone(), usize::MAX));
+        let err = fetch_checked(&c, &repo.blob_url(&big), &image.read(&big))
+            .await
+            .expect_err("every try failed");
+        eprintln!("{fault:?} on a blob: {err}");
+        assert!(
+            !rig.blob_cached(&big),
+            "{fault:?}: a failed blob was cached"
+        );
+        // The upstream recovers: the same pull is exact.
+        rig.proxy.clear();
+        pull_checked(&c, &repo, image)
+            .await
+            .unwrap_or_else(|e| panic!("{fault:?}: after recovery: {e}"));
+        assert!(rig.blob_cached(&big));
+    }
+    // Every file in the cache verifies, and no temp file was left behind.
+    let temp = files_under(&rig.cache.data_dir().join("tmp"));
+    assert!(temp.is_empty(), "{temp:?}");
+    stop_verify_start(&mut rig.cache, "after persistent faults");
+}
+
+#[tokio::test]
+async fn retry_after_is_respected_by_the_cache_and_passed_to_clients() {
+    let rig = Rig::start(4, 10_000);
+    let c = client();
+    // Image 0 is cached before the upstream starts limiting.
+    pull_checked(&c, &rig.repo(0), &rig.images[0])
+        .await
+        .unwrap();
+
+    // A short Retry-After fits the request's budget: waited out, then the pull goes on.
+    rig.proxy.inject(Rule::new(
+        "GET",
+        "/r1/manifests/v1",
+        Fault::RateLimit {
+            retry_after_secs: 1,
+        },
+        1,
+    ));
+    pull_checked(&c, &rig.repo(1), &rig.images[1])
+        .await
+        .unwrap();
+    let tries = rig.proxy.seen_for("/r1/manifests/v1");
+    assert_eq!(tries.len(), 2, "{tries:?}");
+    let gap = tries[1].at - tries[0].at;
+    assert!(gap >= Duration::from_secs(1), "retried after {gap:?}");
+
+    // A long one does not fit: the client gets the 429 and its Retry-After.
+    let limited = rig.proxy.seen().len();
+    rig.proxy.inject(Rule::new(
+        "GET",
+        "/r2/manifests/v1",
+        Fault::RateLimit {
+            retry_after_secs: 30,
+        },
+        1,
+    ));
+    let err = fetch_checked(&c, &rig.repo(2).manifest_url("v1"), b"")
+        .await
+        .expect_err("rate limited");
+    assert_eq!(err, "429 TOOMANYREQUESTS retry-after=30");
+    assert_eq!(rig.proxy.seen().len(), limited + 1);
+
+    // While the upstream's window lasts, nothing reaches it, whoever asks...
+    let started = Instant::now();
+    let err = fetch_checked(&c, &rig.repo(3).manifest_url("v1"), b"")
+        .await
+        .expect_err("still rate limited");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused at once"
+    );
+    let secs: u64 = err
+        .strip_prefix("429 TOOMANYREQUESTS retry-after=")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!((28..=30).contains(&secs), "{err}");
+    let err = fetch_checked(&c, &rig.repo(3).blob_url(&rig.small_layer(3)), b"")
+        .await
+        .expect_err("still rate limited");
+    assert!(err.starts_with("429 TOOMANYREQUESTS"), "{err}");
+    assert_eq!(
+        rig.proxy.seen().len(),
+        limited + 1,
+        "{:?}",
+        rig.proxy.seen()
+    );
+    // ...and what the cache holds is still served.
+    let r = get(&c, &rig.repo(0).blob_url(&rig.big_layer(0)), &[]).await;
+    assert_eq!(r.status, 200);
+    let r = send(
+        &c,
+        "GET",
+        &rig.repo(0).manifest_url(rig.images[0].digest()),
+        &[("Accept", CONTAINERD_ACCEPT)],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn chaos_every_pull_is_exact_or_a_clean_error() {
+    let seed: u64 = std::env::var("IMAGECACHE_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("chaos seed {seed} (IMAGECACHE_FAULT_SEED={seed} replays the fault sequence)");
+    const IMAGES: usize = 4;
+    const CLIENTS: usize = 3;
+    const ROUNDS: usize = 4;
+    let mut rig = Rig::start(IMAGES, 400_000);
+    rig.proxy.chaos(
+        seed,
+        0.3,
+        vec![
+            Fault::Latency(Duration::from_millis(200)),
+            Fault::ResetBeforeResponse,
+            Fault::ResetMidBody,
+            Fault::Truncate,
+            Fault::Corrupt,
+            Fault::Status(500),
+            Fault::Status(503),
+            Fault::RateLimit {
+                retry_after_secs: 1,
+            },
+            Fault::Stall(Duration::from_millis(1500)),
+            Fault::StallHeaders(Duration::from_millis(2500)),
+        ],
+    );
+    let c = client();
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    for round in 0..ROUNDS {
+        let mut tasks = Vec::new();
+        for client_no in 0..CLIENTS {
+            for i in 0..IMAGES {
+                let (c, repo, image) = (
+                    c.clone(),
+                    rig.repo((i + client_no) % IMAGES),
+                    rig.images[(i + client_no) % IMAGES].clone(),
+                );
+                tasks.push(tokio::spawn(async move {
+                    pull_checked(&c, &repo, &image).await
+                }));
+            }
+        }
+        for t in tasks {
+            let key = match t
+                .await
+                .expect("a pull panicked: wrong bytes or an unclean error")
+            {
+                Ok(()) => "exact".to_owned(),
+                Err(e) => e.split(':').next().unwrap_or_default().to_owned(),
+            };
+            *outcomes.entry(key).or_default() += 1;
+        }
+        // Empty the cache so the next round fetches (and meets faults) again.
+        let r = send(
+            &c,
+            "DELETE",
+            &format!("{}{BROAD_PRUNE}", rig.cache.admin_url()),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 200, "round {round}: {}", r.text());
+    }
+    let faults: BTreeMap<String, usize> = rig
+        .proxy
+        .seen()
+        .iter()
+        .filter_map(|s| s.fault.as_ref())
+        .fold(BTreeMap::new(), |mut m, f| {
+            let name = format!("{f:?}");
+            *m.entry(name.split(['(', ' ']).next().unwrap_or_default().to_owned())
+                .or_default() += 1;
+            m
+        });
+    eprintln!("faults injected: {faults:?}");
+    eprintln!("pull outcomes: {outcomes:?}");
+    assert!(
+        faults.values().sum::<usize>() >= 10,
+        "too few faults to mean anything: {faults:?}"
+    );
+    assert!(
+        outcomes.get("exact").copied().unwrap_or(0) > 0,
+        "{outcomes:?}"
+    );
+
+    // Whatever happened, the upstream's recovery makes every pull exact, and the files verify.
+    rig.proxy.clear();
+    // A Retry-After hold from the last round may still run: at most a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for i in 0..IMAGES {
+        pull_checked(&c, &rig.repo(i), &rig.images[i])
+            .await
+            .unwrap_or_else(|e| panic!("image {i} after recovery: {e}"));
+    }
+    let _ = &rig.tmp;
+    stop_verify_start(&mut rig.cache, "after chaos");
+}
