@@ -107,45 +107,66 @@ impl Rig {
     }
 }
 
-/// GETs `url` and checks the answer: `Ok` for a 200 with exactly `expected`, `Err` with a
-/// description for a clean error. Anything else (a 200 with other bytes, an error without
-/// the OCI envelope) fails the test.
-async fn fetch_checked(c: &reqwest::Client, url: &str, expected: &[u8]) -> Result<(), String> {
-    let resp = c
-        .get(url)
-        .header("Accept", CONTAINERD_ACCEPT)
-        .send()
-        .await
-        .map_err(|e| format!("no answer: {e}"))?;
+/// How one GET ended, from the client's side.
+#[derive(Debug)]
+enum Outcome {
+    /// 200 with exactly the source's bytes.
+    Exact,
+    /// An OCI error answer, no answer, or a 200 whose body stopped short of its length: a
+    /// client sees the failure and can try again.
+    Clean(String),
+    /// A complete 200 with other bytes, or an error without the OCI envelope.
+    Wrong(String),
+}
+
+async fn fetch_outcome(c: &reqwest::Client, url: &str, expected: &[u8]) -> Outcome {
+    let resp = match c.get(url).header("Accept", CONTAINERD_ACCEPT).send().await {
+        Ok(r) => r,
+        Err(e) => return Outcome::Clean(format!("no answer: {e}")),
+    };
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.bytes().await;
     if status == 200 {
-        let body = body.map_err(|e| format!("200, body cut: {e}"))?;
-        assert!(
-            body.as_ref() == expected,
-            "WRONG BYTES: GET {url} answered 200 with {} bytes that differ from the source",
-            body.len()
-        );
-        return Ok(());
+        return match body {
+            Err(e) => Outcome::Clean(format!("200, body cut: {e}")),
+            Ok(b) if b.as_ref() == expected => Outcome::Exact,
+            Ok(b) => Outcome::Wrong(format!(
+                "GET {url} answered 200 with {} bytes that differ from the source",
+                b.len()
+            )),
+        };
     }
-    let body = body.unwrap_or_else(|e| panic!("GET {url}: {status} with a cut error body: {e}"));
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|_| {
-        panic!(
-            "GET {url}: {status} without an OCI error body: {}",
-            String::from_utf8_lossy(&body)
-        )
-    });
-    let code = v["errors"][0]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("GET {url}: {status} error body without a code: {v}"));
-    assert!(status >= 400, "GET {url}: unexpected status {status}");
-    let retry_after = headers
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| format!(" retry-after={v}"))
-        .unwrap_or_default();
-    Err(format!("{status} {code}{retry_after}"))
+    let Ok(body) = body else {
+        return Outcome::Wrong(format!("GET {url}: {status} with a cut error body"));
+    };
+    let code = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["errors"][0]["code"].as_str().map(str::to_owned));
+    match code {
+        Some(code) if status >= 400 => {
+            let retry_after = headers
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| format!(" retry-after={v}"))
+                .unwrap_or_default();
+            Outcome::Clean(format!("{status} {code}{retry_after}"))
+        }
+        _ => Outcome::Wrong(format!(
+            "GET {url}: {status} without an OCI error: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        )),
+    }
+}
+
+/// GETs `url`: `Ok` for the exact bytes, `Err` describing a clean error; anything else fails
+/// the test.
+async fn fetch_checked(c: &reqwest::Client, url: &str, expected: &[u8]) -> Result<(), String> {
+    match fetch_outcome(c, url, expected).await {
+        Outcome::Exact => Ok(()),
+        Outcome::Clean(e) => Err(e),
+        Outcome::Wrong(e) => panic!("WRONG: {e}"),
+    }
 }
 
 /// Pulls image `i` by tag the way a runtime does; the first clean error ends it.
@@ -500,4 +521,181 @@ async fn chaos_every_pull_is_exact_or_a_clean_error() {
     }
     let _ = &rig.tmp;
     stop_verify_start(&mut rig.cache, "after chaos");
+}
+
+/// How a whole pull ended: the first GET that was not exact decides.
+async fn pull_outcome(c: &reqwest::Client, repo: &Repo, image: &Image) -> Outcome {
+    let mut urls = vec![(repo.manifest_url("v1"), image.digest().to_owned())];
+    urls.extend(
+        image
+            .blobs()
+            .into_iter()
+            .map(|b| (repo.blob_url(&b.digest), b.digest)),
+    );
+    for (url, digest) in urls {
+        match fetch_outcome(c, &url, &image.read(&digest)).await {
+            Outcome::Exact => {}
+            other => return other,
+        }
+    }
+    Outcome::Exact
+}
+
+#[derive(Default)]
+struct Tally {
+    exact: usize,
+    clean: usize,
+    wrong: usize,
+    /// After the upstream recovered: pulls that were not exact (what was cached wrong).
+    after_recovery_not_exact: usize,
+    after_recovery_wrong: usize,
+    pulls_after_recovery: usize,
+}
+
+impl Tally {
+    fn count(&mut self, o: &Outcome) {
+        match o {
+            Outcome::Exact => self.exact += 1,
+            Outcome::Clean(_) => self.clean += 1,
+            Outcome::Wrong(e) => {
+                eprintln!("wrong: {e}");
+                self.wrong += 1
+            }
+        }
+    }
+}
+
+/// The same seeded chaos against imagecache and against the CNCF Distribution proxy, each
+/// fresh every round in front of the same faulty upstream; then, faults off, every image is
+/// pulled once more from the same instance to see what it kept. Writes
+/// `target/faults/report.md`. Run with `bench/faults` (about 3 minutes).
+#[tokio::test]
+#[ignore]
+async fn chaos_compared_with_the_distribution_proxy() {
+    let seed: u64 = std::env::var("IMAGECACHE_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    let rounds: u64 = std::env::var("IMAGECACHE_FAULT_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    const IMAGES: usize = 4;
+    const CLIENTS: usize = 3;
+    eprintln!("seed {seed}, {rounds} rounds");
+    let rig = Rig::start(IMAGES, 400_000);
+    let faults = vec![
+        Fault::Latency(Duration::from_millis(200)),
+        Fault::ResetBeforeResponse,
+        Fault::ResetMidBody,
+        Fault::Truncate,
+        Fault::Corrupt,
+        Fault::Status(500),
+        Fault::Status(503),
+        Fault::RateLimit {
+            retry_after_secs: 1,
+        },
+        Fault::Stall(Duration::from_millis(1500)),
+    ];
+    let c = client();
+    let (mut ours, mut theirs) = (Tally::default(), Tally::default());
+    for round in 0..rounds {
+        for which in ["ours", "proxy"] {
+            // A fresh server per round, so every round fetches (and meets faults) again.
+            let (cache, dist_proxy);
+            let repo_of: Box<dyn Fn(usize) -> Repo> = if which == "ours" {
+                cache = ImageCache::builder()
+                    .registry_with(json!({
+                        "name": UPSTREAM,
+                        "endpoint": rig.proxy.url(),
+                        "timeouts": {"connect": "2s", "firstByte": "2s", "idle": "1s"},
+                    }))
+                    .start();
+                let base = cache.url();
+                Box::new(move |i| Repo::new(&base, &format!("{UPSTREAM}/r{i}")))
+            } else {
+                dist_proxy = Distribution::start_proxy(&rig.proxy.url());
+                let base = dist_proxy.url();
+                Box::new(move |i| Repo::new(&base, &format!("r{i}")))
+            };
+            let tally = if which == "ours" {
+                &mut ours
+            } else {
+                &mut theirs
+            };
+            rig.proxy
+                .chaos(seed.wrapping_add(round), 0.3, faults.clone());
+            let mut tasks = Vec::new();
+            for client_no in 0..CLIENTS {
+                for i in 0..IMAGES {
+                    let k = (i + client_no) % IMAGES;
+                    let (c, repo, image) = (c.clone(), repo_of(k), rig.images[k].clone());
+                    tasks.push(tokio::spawn(async move {
+                        pull_outcome(&c, &repo, &image).await
+                    }));
+                }
+            }
+            for t in tasks {
+                tally.count(&t.await.unwrap());
+            }
+            rig.proxy.clear();
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            for i in 0..IMAGES {
+                let o = pull_outcome(&c, &repo_of(i), &rig.images[i]).await;
+                tally.pulls_after_recovery += 1;
+                match o {
+                    Outcome::Exact => {}
+                    Outcome::Clean(_) => tally.after_recovery_not_exact += 1,
+                    Outcome::Wrong(_) => {
+                        tally.after_recovery_not_exact += 1;
+                        tally.after_recovery_wrong += 1;
+                    }
+                }
+            }
+        }
+    }
+    let pulls = |t: &Tally| t.exact + t.clean + t.wrong;
+    let pct = |n: usize, d: usize| 100.0 * n as f64 / d.max(1) as f64;
+    let mut report = format!(
+        "## Faults: imagecache and the Distribution proxy under the same chaos\n\n\
+         Seed {seed}, {rounds} rounds, {CLIENTS} clients x {IMAGES} images per round, 30% of \
+         upstream requests faulted (latency, resets, truncation, corruption, 500/503, 429 \
+         Retry-After 1, slow-loris).\n\n\
+         | | imagecache | Distribution proxy |\n|---|---:|---:|\n"
+    );
+    for (label, f) in [
+        (
+            "pulls during faults",
+            &(|t: &Tally| pulls(t).to_string()) as &dyn Fn(&Tally) -> String,
+        ),
+        ("exact", &|t: &Tally| {
+            format!("{} ({:.0}%)", t.exact, pct(t.exact, pulls(t)))
+        }),
+        ("clean error", &|t: &Tally| {
+            format!("{} ({:.0}%)", t.clean, pct(t.clean, pulls(t)))
+        }),
+        ("wrong bytes or unclean error", &|t: &Tally| {
+            t.wrong.to_string()
+        }),
+        ("pulls after recovery not exact", &|t: &Tally| {
+            format!(
+                "{} of {}",
+                t.after_recovery_not_exact, t.pulls_after_recovery
+            )
+        }),
+        ("... of which wrong bytes", &|t: &Tally| {
+            t.after_recovery_wrong.to_string()
+        }),
+    ] {
+        report.push_str(&format!("| {label} | {} | {} |\n", f(&ours), f(&theirs)));
+    }
+    println!("{report}");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/faults");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("report.md"), &report).unwrap();
+    assert_eq!(ours.wrong, 0, "imagecache served wrong bytes");
+    assert_eq!(
+        ours.after_recovery_not_exact, 0,
+        "imagecache kept something wrong"
+    );
 }
