@@ -9,7 +9,8 @@
 //! `target/soak/report.md`, every sample in `target/soak/samples.csv`) compares the first third
 //! of the run with the last third and calls each of our figures FLAT or GROWING; GROWING is a
 //! MISS, a measurement, not a failure. A wrong byte from either server, any error from ours, a
-//! failed prune run or a watcher whose replayed view differs from a fresh list fails the test.
+//! failed prune run, or a watcher that sees an inconsistent event stream (a revision gap, an
+//! ADDED of a known Image, ...) or whose replayed view differs from a fresh list fails the test.
 //!
 //! Settings (environment): `IMAGECACHE_SOAK_MINUTES` (default 30, fractions allowed),
 //! `IMAGECACHE_SOAK_SAMPLE_SECS` (10), `IMAGECACHE_SOAK_SEED` (random; printed),
@@ -32,7 +33,10 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 use support::image::{CONTAINERD_ACCEPT, Desc};
-use support::proc::{command_line, cpu_busy, cpu_model, cpu_secs, fd_count, status_number};
+use support::proc::{
+    clock_ticks, command_line, cpu_busy, cpu_model, cpu_secs, fd_count, machine_cpu_ticks,
+    status_number,
+};
 use support::*;
 
 const KIB: usize = 1 << 10;
@@ -210,6 +214,11 @@ fn soak_mixed_load_prune_and_watchers() {
         .start();
     let proxy = QuietProxy::start(&upstream.url());
     let pids = [ours.pid().expect("ours running"), proxy.pid()];
+    // Everything else of the soak's own: the upstream and this process (the clients).
+    let own = [
+        upstream.pid().expect("upstream running"),
+        std::process::id(),
+    ];
     eprintln!(
         "ours on {} (admin {}), Distribution proxy on {}",
         ours.url(),
@@ -229,6 +238,7 @@ fn soak_mixed_load_prune_and_watchers() {
         [ours.url(), proxy.url()],
         ours.admin_url(),
         pids,
+        own,
     ));
 
     let log = ours.log();
@@ -284,6 +294,14 @@ fn soak_mixed_load_prune_and_watchers() {
     for w in &run.watchers {
         if let Err(e) = &w.final_check {
             failures.push(format!("watcher {}: {e}", w.name));
+        }
+        // Every change is one revision and one event: a gap, a duplicate ADDED or a failed
+        // request is a server bug even when the view ends up right.
+        if w.stats.anomalies > 0 {
+            failures.push(format!(
+                "watcher {}: {} anomalies: {:?}",
+                w.name, w.stats.anomalies, w.stats.anomaly_msgs
+            ));
         }
     }
     assert!(failures.is_empty(), "soak failed:\n{}", failures.join("\n"));
@@ -482,6 +500,10 @@ struct Sample {
     secs: f64,
     servers: [ServerSample; 2],
     cache: CacheSample,
+    /// Busy share of all CPUs, %.
+    machine_busy: f64,
+    /// Share of all CPUs used by processes outside the soak (builds, ...), %: interference.
+    other_work: f64,
 }
 
 /// Everything one server did over the whole measured run.
@@ -524,6 +546,7 @@ async fn soak(
     bases: [String; 2],
     admin: String,
     pids: [u32; 2],
+    own: [u32; 2],
 ) -> Run {
     let load = Arc::new(Load {
         client: client(),
@@ -600,6 +623,13 @@ async fn soak(
     let metrics0 = metrics(&load.client, &admin).await;
     let prune_runs_start = by_label(&metrics0, "imagecache_prune_runs_total", "outcome");
     let cpu0 = pids.map(|p| cpu_secs(p).unwrap_or(0.0));
+    let soak_cpu = || -> f64 {
+        pids.iter()
+            .chain(&own)
+            .map(|&p| cpu_secs(p).unwrap_or(0.0))
+            .sum()
+    };
+    let mut last_machine = (machine_cpu_ticks(), soak_cpu());
     let start = tokio::time::Instant::now();
 
     // Samples.
@@ -647,10 +677,19 @@ async fn soak(
             pruned_manifests: family_sum(&m, "imagecache_prune_removed_manifests_total")
                 - family_sum(&metrics0, "imagecache_prune_removed_manifests_total"),
         };
+        let machine = (machine_cpu_ticks(), soak_cpu());
+        let ((b0, t0), c0) = last_machine;
+        let ((b1, t1), c1) = machine;
+        last_machine = machine;
+        let total = t1.saturating_sub(t0).max(1) as f64;
+        let busy = b1.saturating_sub(b0) as f64;
+        let soak_ticks = (c1 - c0) * clock_ticks();
         let sample = Sample {
             secs: (now - start).as_secs_f64(),
             servers,
             cache,
+            machine_busy: busy / total * 100.0,
+            other_work: ((busy - soak_ticks) / total * 100.0).max(0.0),
         };
         eprintln!("{}", progress_line(&sample));
         samples.push(sample);
@@ -1395,8 +1434,8 @@ fn progress_line(s: &Sample) -> String {
     }
     write!(
         line,
-        " | cache {:.0} manifests {:.1} MiB, prunes {:.0}",
-        s.cache.manifests, s.cache.mib, s.cache.prune_runs
+        " | cache {:.0} manifests {:.1} MiB, prunes {:.0} | machine busy {:.0}%, other work {:.0}%",
+        s.cache.manifests, s.cache.mib, s.cache.prune_runs, s.machine_busy, s.other_work
     )
     .unwrap();
     line
@@ -1439,7 +1478,9 @@ fn samples_csv(samples: &[Sample]) -> String {
             write!(out, ",{}_{col}", s.name()).unwrap();
         }
     }
-    out.push_str(",cache_manifests,cache_blobs,cache_mib,prune_runs,pruned_manifests\n");
+    out.push_str(
+        ",cache_manifests,cache_blobs,cache_mib,prune_runs,pruned_manifests,machine_busy_pct,other_work_pct\n",
+    );
     for x in samples {
         write!(out, "{:.1}", x.secs).unwrap();
         for s in &x.servers {
@@ -1455,12 +1496,14 @@ fn samples_csv(samples: &[Sample]) -> String {
         }
         writeln!(
             out,
-            ",{},{},{:.2},{},{}",
+            ",{},{},{:.2},{},{},{:.1},{:.1}",
             x.cache.manifests,
             x.cache.blobs,
             x.cache.mib,
             x.cache.prune_runs,
-            x.cache.pruned_manifests
+            x.cache.pruned_manifests,
+            x.machine_busy,
+            x.other_work
         )
         .unwrap();
     }
@@ -1586,8 +1629,10 @@ fn report(settings: &Settings, run: &Run, env: &str) -> String {
         let mut head = "| t (s) | RSS MiB | fds | threads | CPU % | manifests | blobs | errors | manifest ms | blob ms |".to_string();
         let mut rule = "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|".to_string();
         if s == Server::Ours {
-            head.push_str(" cache images | cache MiB | prune runs | pruned images |");
-            rule.push_str("---:|---:|---:|---:|");
+            head.push_str(
+                " cache images | cache MiB | prune runs | pruned images | machine busy % | other work % |",
+            );
+            rule.push_str("---:|---:|---:|---:|---:|---:|");
         }
         writeln!(md, "{head}\n{rule}").unwrap();
         for x in &shown {
@@ -1610,8 +1655,13 @@ fn report(settings: &Settings, run: &Run, env: &str) -> String {
             if s == Server::Ours {
                 write!(
                     md,
-                    " {:.0} | {:.1} | {:.0} | {:.0} |",
-                    x.cache.manifests, x.cache.mib, x.cache.prune_runs, x.cache.pruned_manifests
+                    " {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                    x.cache.manifests,
+                    x.cache.mib,
+                    x.cache.prune_runs,
+                    x.cache.pruned_manifests,
+                    x.machine_busy,
+                    x.other_work
                 )
                 .unwrap();
             }
@@ -1649,6 +1699,23 @@ fn report(settings: &Settings, run: &Run, env: &str) -> String {
             t.first,
             t.last,
             t.rule
+        )
+        .unwrap();
+    }
+    // Interference: CPU the rest of the machine took. Latency that grows with it is the
+    // machine's, not the server's; the proxy's latency moving the same way says the same.
+    let first_other = mean(&rows[..third], |x| x.other_work);
+    let last_other = mean(&rows[rows.len() - third..], |x| x.other_work);
+    writeln!(
+        md,
+        "| other work on the machine (% of all CPUs) | - | {first_other:.1} | {last_other:.1} | (not judged) | |"
+    )
+    .unwrap();
+    if !misses.is_empty() && last_other > first_other + 10.0 {
+        writeln!(
+            md,
+            "\nOther work on the machine rose from {first_other:.0}% to {last_other:.0}% of the CPUs: \
+             a latency MISS may be interference (compare the proxy's trend)."
         )
         .unwrap();
     }

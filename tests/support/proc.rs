@@ -84,30 +84,33 @@ pub fn clock_ticks() -> f64 {
     })
 }
 
-/// Share of all CPUs' time spent busy (not idle or waiting for I/O) during `window`.
+/// `(busy, total)` CPU time of the whole machine since boot, in clock ticks (all CPUs; idle
+/// and I/O wait are not busy).
+pub fn machine_cpu_ticks() -> (u64, u64) {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total.saturating_sub(idle), total)
+}
+
+/// Share of all CPUs' time spent busy during `window`.
 pub fn cpu_busy(window: Duration) -> f64 {
-    let sample = || -> (u64, u64) {
-        let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
-        let v: Vec<u64> = stat
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        let total = v.iter().take(8).sum();
-        let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-        (total, idle)
-    };
-    let (t0, i0) = sample();
+    let (b0, t0) = machine_cpu_ticks();
     std::thread::sleep(window);
-    let (t1, i1) = sample();
+    let (b1, t1) = machine_cpu_ticks();
     let total = t1.saturating_sub(t0);
     if total == 0 {
         return 0.0;
     }
-    1.0 - i1.saturating_sub(i0) as f64 / total as f64
+    b1.saturating_sub(b0) as f64 / total as f64
 }
 
 /// First line of a command's combined output (a version string, say).
