@@ -16,7 +16,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use tempfile::TempDir;
 
 use support::http::probe;
 use support::image::CONTAINERD_ACCEPT;
+use support::proc::{command_line, cpu_busy, process_tree_cpu_secs, vm_hwm_kib};
 use support::skopeo::pull_to_dir;
 use support::*;
 
@@ -432,52 +433,6 @@ impl CpuUse {
     }
 }
 
-/// User + system CPU seconds of `root` and all its descendants.
-fn process_tree_cpu_secs(root: u32) -> f64 {
-    // /proc/PID/stat: "pid (comm) state ppid ... utime stime ..." (fields 4, 14, 15).
-    let mut procs = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        procs.push((pid, num(1) as u32, num(11) + num(12)));
-    }
-    let mut tree = vec![root];
-    let mut i = 0;
-    while i < tree.len() {
-        let parent = tree[i];
-        tree.extend(procs.iter().filter(|p| p.1 == parent).map(|p| p.0));
-        i += 1;
-    }
-    let ticks: u64 = procs
-        .iter()
-        .filter(|p| tree.contains(&p.0))
-        .map(|p| p.2)
-        .sum();
-    ticks as f64 / clock_ticks()
-}
-
-/// `getconf CLK_TCK`, the unit of /proc/PID/stat times.
-fn clock_ticks() -> f64 {
-    static TCK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TCK.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-            .unwrap_or(100.0)
-    })
-}
-
 /// Runs `measure(name, addr)` `rounds` times for every server, the servers taking
 /// turns; returns the figures by server name, in round order.
 fn take_turns<'a>(
@@ -770,16 +725,6 @@ fn metric_sum(addr: &str, name: &str) -> u64 {
     sum as u64
 }
 
-/// Peak resident set size of a process, KiB.
-fn vm_hwm_kib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status")
-}
-
 // ---------------------------------------------------------------------------------------
 // wrk
 
@@ -870,95 +815,6 @@ fn parse_secs(d: &str) -> Option<f64> {
         return None;
     };
     num.parse::<f64>().ok().map(|v| v * mul)
-}
-
-// ---------------------------------------------------------------------------------------
-// The Distribution proxy, configured like a production deployment: no per-request
-// logging (our server logs none either at level info), in-memory blob descriptor
-// cache. The harness's `Distribution::start_proxy` keeps the access log on (its
-// tests count requests) and hides the pid, which the RSS figure needs.
-
-struct QuietProxy {
-    _dir: TempDir,
-    port: u16,
-    log: PathBuf,
-    child: Child,
-}
-
-impl QuietProxy {
-    fn start(remote_url: &str) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("bench-proxy-")
-            .tempdir()
-            .unwrap();
-        let port = free_port();
-        let storage = dir.path().join("storage");
-        fs::create_dir_all(&storage).unwrap();
-        let config = format!(
-            "version: 0.1\n\
-             log:\n  level: warn\n  formatter: text\n  accesslog:\n    disabled: true\n\
-             storage:\n  filesystem:\n    rootdirectory: {}\n  cache:\n    blobdescriptor: inmemory\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: imagecache-bench\n\
-             proxy:\n  remoteurl: {remote_url}\n",
-            storage.display()
-        );
-        let config_path = dir.path().join("config.yml");
-        fs::write(&config_path, config).unwrap();
-        let log = dir.path().join("registry.log");
-        let out = fs::File::create(&log).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("spawn docker-registry (apt-get install docker-registry)");
-        let mut p = QuietProxy {
-            _dir: dir,
-            port,
-            log,
-            child,
-        };
-        let addr = p.addr();
-        let up = wait_for(Duration::from_secs(15), || {
-            if let Ok(Some(st)) = p.child.try_wait() {
-                panic!(
-                    "docker-registry proxy exited ({st}):\n{}",
-                    tail(&p.log, 4000)
-                );
-            }
-            (probe(&addr, "/v2/") == Some(200)).then_some(())
-        });
-        assert!(
-            up.is_some(),
-            "proxy on {addr} not ready:\n{}",
-            tail(&p.log, 4000)
-        );
-        p
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr())
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for QuietProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- proxy log tail ---\n{}", tail(&self.log, 3000));
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1205,57 +1061,6 @@ impl Report {
         }
         out
     }
-}
-
-/// Where cargo put the binaries (`target/`), from the path of the server binary.
-fn target_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_imagecache"))
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf()
-}
-
-/// First line of a command's output.
-fn command_line(cmd: &str, args: &[&str]) -> String {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .map(|o| {
-            let s = format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
-            s.lines().next().unwrap_or_default().trim().to_string()
-        })
-        .unwrap_or_else(|e| format!("({cmd}: {e})"))
-}
-
-/// Share of all CPUs' time spent busy (not idle or waiting for I/O) during `window`.
-fn cpu_busy(window: Duration) -> f64 {
-    let sample = || -> (u64, u64) {
-        let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
-        let v: Vec<u64> = stat
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        let total = v.iter().take(8).sum();
-        let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-        (total, idle)
-    };
-    let (t0, i0) = sample();
-    std::thread::sleep(window);
-    let (t1, i1) = sample();
-    let total = t1.saturating_sub(t0);
-    if total == 0 {
-        return 0.0;
-    }
-    1.0 - i1.saturating_sub(i0) as f64 / total as f64
 }
 
 fn environment(elapsed: Duration, busy_before: f64) -> String {

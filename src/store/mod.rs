@@ -430,7 +430,7 @@ impl Store {
         now: Timestamp,
     ) -> Result<ManifestContent, StoreError> {
         let existing = self.read().manifests.get(digest).cloned();
-        let (record, is_new, reference_added) = match existing {
+        let (record, is_new, mut reference_added) = match existing {
             Some(mut r) => {
                 let added = r.references.insert(repo.clone());
                 if added {
@@ -474,12 +474,20 @@ impl Store {
         let config_present = {
             let mut ix = self.write();
             let mut config_present = None;
-            if is_new
-                && ix
-                    .manifests
-                    .insert(digest.clone(), record.clone())
-                    .is_none()
-            {
+            let mut inserted = false;
+            if is_new && let Some(r) = ix.manifests.get_mut(digest) {
+                // Another request (a pull by tag next to one by digest) cached it since the
+                // read above: its record stays (one ADDED, its history kept) and gains our
+                // reference. The file is rewritten under the lock, over the one written above,
+                // so the last of such racing writes holds every reference. This is rare.
+                reference_added = r.references.insert(repo.clone());
+                let merged = r.clone();
+                if let Err(e) = self.write_record(&merged) {
+                    tracing::warn!(digest = %digest, error = %e, "cannot update manifest record");
+                }
+            } else if is_new {
+                ix.manifests.insert(digest.clone(), record.clone());
+                inserted = true;
                 for b in record.blob_digests() {
                     *ix.refs.entry(b.clone()).or_default() += 1;
                 }
@@ -513,7 +521,7 @@ impl Store {
                 })?,
                 None => Vec::new(),
             };
-            if is_new {
+            if inserted {
                 ix.emit(ChangeKind::Added, digest, None);
             } else if reference_added || affected.contains(digest) {
                 ix.emit(ChangeKind::Modified, digest, None);

@@ -218,6 +218,71 @@ fn every_change_is_one_event_in_order() {
 }
 
 #[test]
+fn concurrent_first_puts_of_one_manifest_make_one_image() {
+    // A pull by tag and a pull by digest are separate fetches, so two requests can cache the
+    // same new manifest at once (found by the soak, right after a prune removed it): watchers
+    // must see one ADDED, and the record keeps every repository it was pulled through.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let store = std::sync::Arc::new(store);
+    const PULLS: usize = 4;
+    let mut digests = Vec::new();
+    for round in 0..20 {
+        let layer = format!("layer-{round}");
+        let (d, bytes) = image(&store, CONFIG, &[layer.as_bytes()]);
+        let r0 = store.revision();
+        let start = std::sync::Arc::new(std::sync::Barrier::new(PULLS));
+        let pulls: Vec<_> = (0..PULLS)
+            .map(|i| {
+                let (store, start, d, bytes) =
+                    (store.clone(), start.clone(), d.clone(), bytes.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    let tag = (i == 0).then_some("v1");
+                    store
+                        .put_manifest(
+                            &repo(&format!("r{i}")),
+                            tag,
+                            &d,
+                            None,
+                            &bytes,
+                            Timestamp::now(),
+                        )
+                        .unwrap();
+                })
+            })
+            .collect();
+        for p in pulls {
+            p.join().unwrap();
+        }
+        let kinds: Vec<ChangeKind> = store
+            .changes_since(r0)
+            .unwrap()
+            .iter()
+            .map(|c| c.kind)
+            .collect();
+        assert_eq!(kinds[0], ChangeKind::Added, "round {round}: {kinds:?}");
+        assert!(
+            kinds[1..].iter().all(|k| *k == ChangeKind::Modified),
+            "round {round}: {kinds:?}"
+        );
+        assert_eq!(
+            store.manifest_record(&d).unwrap().references.len(),
+            PULLS,
+            "round {round}"
+        );
+        assert_eq!(store.resolve_tag(&repo("r0"), "v1").unwrap().digest, d);
+        digests.push(d);
+    }
+    // What is on disk agrees.
+    drop(store);
+    let (store, _) = Store::open(dir.path()).unwrap();
+    for d in &digests {
+        assert_eq!(store.manifest_record(d).unwrap().references.len(), PULLS);
+    }
+}
+
+#[test]
 fn old_revisions_expire() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(dir.path()).unwrap();

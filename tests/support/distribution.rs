@@ -177,6 +177,11 @@ impl Distribution {
         self.port
     }
 
+    /// The registry process, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `127.0.0.1:PORT`
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
@@ -283,4 +288,88 @@ fn parse_access_line(line: &str) -> Option<Access> {
         path,
         status,
     })
+}
+
+/// The Distribution pull-through proxy configured like a production deployment, the
+/// reference the benchmark and the soak compare with: no per-request logging (our server
+/// logs none either at level info), in-memory blob descriptor cache. `start_proxy` keeps the
+/// access log on (its tests count requests) and hides the pid, which RSS figures need.
+pub struct QuietProxy {
+    _dir: TempDir,
+    port: u16,
+    log: PathBuf,
+    child: Child,
+}
+
+impl QuietProxy {
+    pub fn start(remote_url: &str) -> Self {
+        let dir = tempfile::Builder::new().prefix("proxy-").tempdir().unwrap();
+        let port = free_port();
+        let storage = dir.path().join("storage");
+        fs::create_dir_all(&storage).unwrap();
+        let config = format!(
+            "version: 0.1\n\
+             log:\n  level: warn\n  formatter: text\n  accesslog:\n    disabled: true\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\n  cache:\n    blobdescriptor: inmemory\n\
+             http:\n  addr: 127.0.0.1:{port}\n  secret: imagecache-tests\n\
+             proxy:\n  remoteurl: {remote_url}\n",
+            storage.display()
+        );
+        let config_path = dir.path().join("config.yml");
+        fs::write(&config_path, config).unwrap();
+        let log = dir.path().join("registry.log");
+        let out = fs::File::create(&log).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawn docker-registry (apt-get install docker-registry)");
+        let mut p = QuietProxy {
+            _dir: dir,
+            port,
+            log,
+            child,
+        };
+        let addr = p.addr();
+        let up = wait_for(Duration::from_secs(15), || {
+            if let Ok(Some(st)) = p.child.try_wait() {
+                panic!(
+                    "docker-registry proxy exited ({st}):\n{}",
+                    tail(&p.log, 4000)
+                );
+            }
+            (probe(&addr, "/v2/") == Some(200)).then_some(())
+        });
+        assert!(
+            up.is_some(),
+            "proxy on {addr} not ready:\n{}",
+            tail(&p.log, 4000)
+        );
+        p
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for QuietProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- proxy log tail ---\n{}", tail(&self.log, 3000));
+        }
+    }
 }

@@ -7,6 +7,7 @@ pub mod fake;
 pub mod faultproxy;
 pub mod http;
 pub mod image;
+pub mod proc;
 pub mod pull;
 pub mod server;
 pub mod skopeo;
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-pub use distribution::Distribution;
+pub use distribution::{Distribution, QuietProxy};
 pub use http::{Resp, client, raw_request};
 pub use image::{Image, Platform, gen_image, gen_image_v2s2, gen_multiarch};
 pub use pull::{Repo, pull_verify};
@@ -96,4 +97,13 @@ pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out.sort();
     out
+}
+
+/// Where cargo put the binaries (`target/`), from the path of the server binary.
+pub fn target_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_imagecache"))
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
