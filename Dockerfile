@@ -26,6 +26,9 @@ COPY --from=build --chown=65532:65532 /out/cache /var/lib/imagecache
 # The cache directory (`imagePath`) of every subcommand, owned by the runtime user; the operator's
 # registry pods mount their volume there.
 ENV IMAGECACHE_IMAGE_PATH=/var/lib/imagecache
+# glibc gives each new thread its own malloc arena; two keep RSS flat as the blocking-thread
+# pool grows and shrinks (measured by bench/soak, see docs/reliability.md).
+ENV MALLOC_ARENA_MAX=2
 VOLUME ["/var/lib/imagecache"]
 USER 65532:65532
 EXPOSE 8080 8081

@@ -431,13 +431,9 @@ impl Store {
     ) -> Result<ManifestContent, StoreError> {
         let existing = self.read().manifests.get(digest).cloned();
         let (record, is_new, mut reference_added) = match existing {
-            Some(mut r) => {
-                let added = r.references.insert(repo.clone());
-                if added {
-                    self.write_record(&r)?;
-                }
-                (r, false, added)
-            }
+            // A new reference is written under the lock below, where a prune cannot remove
+            // the manifest between the check and the write.
+            Some(r) => (r, false, false),
             None => {
                 let parsed = parse_manifest(bytes, content_type)?;
                 self.put_blob(digest, bytes)?;
@@ -475,7 +471,20 @@ impl Store {
             let mut ix = self.write();
             let mut config_present = None;
             let mut inserted = false;
-            if is_new && let Some(r) = ix.manifests.get_mut(digest) {
+            if !is_new {
+                let Some(r) = ix.manifests.get_mut(digest) else {
+                    // Pruned since the read above: cache it anew (content and record).
+                    drop(ix);
+                    return self.put_manifest(repo, tag, digest, content_type, bytes, now);
+                };
+                if !r.references.contains(repo) {
+                    let mut updated = r.clone();
+                    updated.references.insert(repo.clone());
+                    self.write_record(&updated)?;
+                    r.references.insert(repo.clone());
+                    reference_added = true;
+                }
+            } else if let Some(r) = ix.manifests.get_mut(digest) {
                 // Another request (a pull by tag next to one by digest) cached it since the
                 // read above: its record stays (one ADDED, its history kept) and gains our
                 // reference. The file is rewritten under the lock, over the one written above,
@@ -485,7 +494,7 @@ impl Store {
                 if let Err(e) = self.write_record(&merged) {
                     tracing::warn!(digest = %digest, error = %e, "cannot update manifest record");
                 }
-            } else if is_new {
+            } else {
                 ix.manifests.insert(digest.clone(), record.clone());
                 inserted = true;
                 for b in record.blob_digests() {
@@ -502,8 +511,6 @@ impl Store {
                         .push(digest.clone());
                     config_present = ix.blobs.contains_key(&c.digest).then(|| c.digest.clone());
                 }
-            } else if reference_added && let Some(r) = ix.manifests.get_mut(digest) {
-                r.references.insert(repo.clone());
             }
             let affected = match tag {
                 Some(tag) => self.retag_locked(&mut ix, repo, |tags| {
