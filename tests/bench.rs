@@ -25,7 +25,10 @@ use tempfile::TempDir;
 
 use support::http::probe;
 use support::image::CONTAINERD_ACCEPT;
-use support::proc::{command_line, cpu_busy, process_tree_cpu_secs, vm_hwm_kib};
+use support::proc::{
+    busy_before_start, busy_note, command_line, cores, cpu_model, imagecache_build,
+    process_tree_cpu_secs, vm_hwm_kib,
+};
 use support::skopeo::pull_to_dir;
 use support::*;
 
@@ -41,8 +44,6 @@ const STREAM_ARGS: &[&str] = &["-t1", "-c1", "-d5s"];
 const STREAM_ROUNDS: usize = 3;
 /// Seconds of each run of the client reading 1 MiB at a time.
 const STREAM_SECS: u64 = 3;
-/// Above this share of busy CPU just before the start, the figures are flagged as skewed.
-const BUSY_WARN: f64 = 0.15;
 
 /// One generated image and where it lives upstream.
 struct BenchImage {
@@ -57,13 +58,7 @@ fn bench_against_distribution_proxy_and_nginx() {
         eprintln!("WARNING: debug build; run bench/run (cargo test --release) for real figures");
     }
     let started = Instant::now();
-    let busy_before = cpu_busy(Duration::from_secs(1));
-    if busy_before > BUSY_WARN {
-        eprintln!(
-            "WARNING: CPUs {:.0}% busy before the start: other work on this machine skews the figures",
-            busy_before * 100.0
-        );
-    }
+    let busy_before = busy_before_start();
     let tmp = tempfile::Builder::new().prefix("bench-").tempdir().unwrap();
     let mut report = Report::default();
 
@@ -113,7 +108,7 @@ fn bench_against_distribution_proxy_and_nginx() {
     // ---- a. cold pull, upstream bytes --------------------------------------------
     let pulls = tmp.path().join("pulls");
     let (ours_cold, ours_secs) = cold_pull(&upstream, &ours.addr(), &images, &pulls.join("ours"));
-    let ours_metric = metric_sum(&ours.admin_addr(), "imagecache_upstream_bytes_total");
+    let ours_metric = metrics_total(&ours.admin_addr(), "imagecache_upstream_bytes_total");
     let (proxy_cold, proxy_secs) =
         cold_pull(&upstream, &proxy.addr(), &images, &pulls.join("proxy"));
     eprintln!(
@@ -707,22 +702,10 @@ fn stream_reads(addr: &str, path: &str, size: u64, secs: u64) -> (u64, f64) {
 }
 
 /// Sum of every sample of a Prometheus counter family on `addr`'s `/metrics`.
-fn metric_sum(addr: &str, name: &str) -> u64 {
+fn metrics_total(addr: &str, name: &str) -> u64 {
     let r = raw_request(addr, "GET", "/metrics", &[]).expect("GET /metrics");
     assert_eq!(r.status, 200, "GET /metrics");
-    let mut sum = 0.0;
-    for line in r.text().lines() {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        if !(rest.starts_with('{') || rest.starts_with(' ')) {
-            continue;
-        }
-        if let Some(v) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
-            sum += v;
-        }
-    }
-    sum as u64
+    metric_sum(&r.text(), name) as u64
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1064,39 +1047,8 @@ impl Report {
 }
 
 fn environment(elapsed: Duration, busy_before: f64) -> String {
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let rev = command_line(
-        "git",
-        &[
-            "-C",
-            env!("CARGO_MANIFEST_DIR"),
-            "describe",
-            "--always",
-            "--dirty",
-        ],
-    );
-    let build = if cfg!(debug_assertions) {
-        "DEBUG"
-    } else {
-        "release"
-    };
-    let skewed = if busy_before > BUSY_WARN {
-        " (other work was running: figures are skewed)"
-    } else {
-        ""
-    };
     [
-        format!("- imagecache: {rev} ({build} build)"),
+        format!("- imagecache: {}", imagecache_build()),
         format!(
             "- proxy: {} (proxy.remoteurl = a plain Distribution on loopback)",
             command_line("docker-registry", &["--version"])
@@ -1106,11 +1058,15 @@ fn environment(elapsed: Duration, busy_before: f64) -> String {
             command_line("nginx", &["-v"]),
             command_line("wrk", &["--version"])
         ),
-        format!("- CPU: {cpu}, {cores} cores shared by the servers and the clients; loopback only"),
         format!(
-            "- run took {:.0}s; CPUs {:.0}% busy just before the start{skewed}",
+            "- CPU: {}, {} cores shared by the servers and the clients; loopback only",
+            cpu_model(),
+            cores()
+        ),
+        format!(
+            "- run took {:.0}s; {}",
             elapsed.as_secs_f64(),
-            busy_before * 100.0
+            busy_note(busy_before)
         ),
     ]
     .join("\n")

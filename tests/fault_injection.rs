@@ -35,6 +35,44 @@ struct Rig {
     images: Vec<Image>,
 }
 
+/// imagecache with `proxy` as `upstream.test`, with timeouts short enough that stalls are
+/// found quickly.
+fn cache_in_front_of(proxy: &FaultProxy) -> ImageCache {
+    ImageCache::builder()
+        .registry_with(json!({
+            "name": UPSTREAM,
+            "endpoint": proxy.url(),
+            "timeouts": {"connect": "2s", "firstByte": "2s", "idle": "1s"},
+            "retry": {"attempts": 3, "maxWait": "5s"},
+        }))
+        .start()
+}
+
+/// The chaos tests' seed: `IMAGECACHE_FAULT_SEED` replays a run, else a random one.
+fn fault_seed() -> u64 {
+    std::env::var("IMAGECACHE_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random)
+}
+
+/// The faults chaos draws from: every kind, with durations that keep a run short.
+fn chaos_faults() -> Vec<Fault> {
+    vec![
+        Fault::Latency(Duration::from_millis(200)),
+        Fault::ResetBeforeResponse,
+        Fault::ResetMidBody,
+        Fault::Truncate,
+        Fault::Corrupt,
+        Fault::Status(500),
+        Fault::Status(503),
+        Fault::RateLimit {
+            retry_after_secs: 1,
+        },
+        Fault::Stall(Duration::from_millis(1500)),
+    ]
+}
+
 impl Rig {
     fn start(count: usize, big: usize) -> Rig {
         let tmp = tempfile::tempdir().unwrap();
@@ -52,14 +90,7 @@ impl Rig {
             })
             .collect();
         let proxy = FaultProxy::start(&dist.url());
-        let cache = ImageCache::builder()
-            .registry_with(json!({
-                "name": UPSTREAM,
-                "endpoint": proxy.url(),
-                "timeouts": {"connect": "2s", "firstByte": "2s", "idle": "1s"},
-                "retry": {"attempts": 3, "maxWait": "5s"},
-            }))
-            .start();
+        let cache = cache_in_front_of(&proxy);
         Rig {
             tmp,
             _dist: dist,
@@ -91,19 +122,15 @@ impl Rig {
             .exists()
     }
 
-    /// A sample of the cache's `/metrics`, 0 when absent.
-    async fn metric(&self, name_and_labels: &str) -> f64 {
+    /// A sample of the cache's `/metrics` (summed over label sets not named), 0 when absent.
+    async fn metric(&self, name: &str) -> f64 {
         let r = get(
             &client(),
             &format!("{}/metrics", self.cache.admin_url()),
             &[],
         )
         .await;
-        r.text()
-            .lines()
-            .find_map(|l| l.strip_prefix(name_and_labels))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
+        metric_sum(&r.text(), name)
     }
 }
 
@@ -161,23 +188,64 @@ async fn fetch_outcome(c: &reqwest::Client, url: &str, expected: &[u8]) -> Outco
     }
 }
 
-/// GETs `url`: `Ok` for the exact bytes, `Err` describing a clean error; anything else fails
-/// the test.
-async fn fetch_checked(c: &reqwest::Client, url: &str, expected: &[u8]) -> Result<(), String> {
-    match fetch_outcome(c, url, expected).await {
+/// `Ok` for the exact bytes, `Err` describing a clean error; anything else fails the test.
+fn checked(outcome: Outcome) -> Result<(), String> {
+    match outcome {
         Outcome::Exact => Ok(()),
         Outcome::Clean(e) => Err(e),
         Outcome::Wrong(e) | Outcome::Unclean(e) => panic!("WRONG: {e}"),
     }
 }
 
+async fn fetch_checked(c: &reqwest::Client, url: &str, expected: &[u8]) -> Result<(), String> {
+    checked(fetch_outcome(c, url, expected).await)
+}
+
+/// How a whole pull ended: the first GET that was not exact decides.
+async fn pull_outcome(c: &reqwest::Client, repo: &Repo, image: &Image) -> Outcome {
+    let mut urls = vec![(repo.manifest_url("v1"), image.digest().to_owned())];
+    urls.extend(
+        image
+            .blobs()
+            .into_iter()
+            .map(|b| (repo.blob_url(&b.digest), b.digest)),
+    );
+    for (url, digest) in urls {
+        match fetch_outcome(c, &url, &image.read(&digest)).await {
+            Outcome::Exact => {}
+            other => return other,
+        }
+    }
+    Outcome::Exact
+}
+
 /// Pulls image `i` by tag the way a runtime does; the first clean error ends it.
 async fn pull_checked(c: &reqwest::Client, repo: &Repo, image: &Image) -> Result<(), String> {
-    fetch_checked(c, &repo.manifest_url("v1"), &image.read(image.digest())).await?;
-    for b in image.blobs() {
-        fetch_checked(c, &repo.blob_url(&b.digest), &image.read(&b.digest)).await?;
+    checked(pull_outcome(c, repo, image).await)
+}
+
+/// Every client pulls every image at once (each starting at another image), from `repo_of`.
+async fn pull_concurrently(
+    clients: usize,
+    images: &[Image],
+    repo_of: &dyn Fn(usize) -> Repo,
+) -> Vec<Outcome> {
+    let c = client();
+    let mut tasks = Vec::new();
+    for client_no in 0..clients {
+        for i in 0..images.len() {
+            let k = (i + client_no) % images.len();
+            let (c, repo, image) = (c.clone(), repo_of(k), images[k].clone());
+            tasks.push(tokio::spawn(async move {
+                pull_outcome(&c, &repo, &image).await
+            }));
+        }
     }
-    Ok(())
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.expect("a pull panicked"));
+    }
+    outcomes
 }
 
 #[tokio::test]
@@ -427,54 +495,20 @@ async fn retry_after_is_respected_by_the_cache_and_passed_to_clients() {
 
 #[tokio::test]
 async fn chaos_every_pull_is_exact_or_a_clean_error() {
-    let seed: u64 = std::env::var("IMAGECACHE_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
+    let seed = fault_seed();
     eprintln!("chaos seed {seed} (IMAGECACHE_FAULT_SEED={seed} replays the fault sequence)");
     const IMAGES: usize = 4;
     const CLIENTS: usize = 3;
     const ROUNDS: usize = 4;
     let mut rig = Rig::start(IMAGES, 400_000);
-    rig.proxy.chaos(
-        seed,
-        0.3,
-        vec![
-            Fault::Latency(Duration::from_millis(200)),
-            Fault::ResetBeforeResponse,
-            Fault::ResetMidBody,
-            Fault::Truncate,
-            Fault::Corrupt,
-            Fault::Status(500),
-            Fault::Status(503),
-            Fault::RateLimit {
-                retry_after_secs: 1,
-            },
-            Fault::Stall(Duration::from_millis(1500)),
-            Fault::StallHeaders(Duration::from_millis(2500)),
-        ],
-    );
+    let mut faults = chaos_faults();
+    faults.push(Fault::StallHeaders(Duration::from_millis(2500)));
+    rig.proxy.chaos(seed, 0.3, faults);
     let c = client();
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
     for round in 0..ROUNDS {
-        let mut tasks = Vec::new();
-        for client_no in 0..CLIENTS {
-            for i in 0..IMAGES {
-                let (c, repo, image) = (
-                    c.clone(),
-                    rig.repo((i + client_no) % IMAGES),
-                    rig.images[(i + client_no) % IMAGES].clone(),
-                );
-                tasks.push(tokio::spawn(async move {
-                    pull_checked(&c, &repo, &image).await
-                }));
-            }
-        }
-        for t in tasks {
-            let key = match t
-                .await
-                .expect("a pull panicked: wrong bytes or an unclean error")
-            {
+        for outcome in pull_concurrently(CLIENTS, &rig.images, &|i| rig.repo(i)).await {
+            let key = match checked(outcome) {
                 Ok(()) => "exact".to_owned(),
                 Err(e) => e.split(':').next().unwrap_or_default().to_owned(),
             };
@@ -525,24 +559,6 @@ async fn chaos_every_pull_is_exact_or_a_clean_error() {
     stop_verify_start(&mut rig.cache, "after chaos");
 }
 
-/// How a whole pull ended: the first GET that was not exact decides.
-async fn pull_outcome(c: &reqwest::Client, repo: &Repo, image: &Image) -> Outcome {
-    let mut urls = vec![(repo.manifest_url("v1"), image.digest().to_owned())];
-    urls.extend(
-        image
-            .blobs()
-            .into_iter()
-            .map(|b| (repo.blob_url(&b.digest), b.digest)),
-    );
-    for (url, digest) in urls {
-        match fetch_outcome(c, &url, &image.read(&digest)).await {
-            Outcome::Exact => {}
-            other => return other,
-        }
-    }
-    Outcome::Exact
-}
-
 #[derive(Default)]
 struct Tally {
     exact: usize,
@@ -579,10 +595,7 @@ impl Tally {
 #[tokio::test]
 #[ignore]
 async fn chaos_compared_with_the_distribution_proxy() {
-    let seed: u64 = std::env::var("IMAGECACHE_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
+    let seed = fault_seed();
     let rounds: u64 = std::env::var("IMAGECACHE_FAULT_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -591,19 +604,7 @@ async fn chaos_compared_with_the_distribution_proxy() {
     const CLIENTS: usize = 3;
     eprintln!("seed {seed}, {rounds} rounds");
     let rig = Rig::start(IMAGES, 400_000);
-    let faults = vec![
-        Fault::Latency(Duration::from_millis(200)),
-        Fault::ResetBeforeResponse,
-        Fault::ResetMidBody,
-        Fault::Truncate,
-        Fault::Corrupt,
-        Fault::Status(500),
-        Fault::Status(503),
-        Fault::RateLimit {
-            retry_after_secs: 1,
-        },
-        Fault::Stall(Duration::from_millis(1500)),
-    ];
+    let faults = chaos_faults();
     let c = client();
     let (mut ours, mut theirs) = (Tally::default(), Tally::default());
     for round in 0..rounds {
@@ -611,13 +612,7 @@ async fn chaos_compared_with_the_distribution_proxy() {
             // A fresh server per round, so every round fetches (and meets faults) again.
             let (cache, dist_proxy);
             let repo_of: Box<dyn Fn(usize) -> Repo> = if which == "ours" {
-                cache = ImageCache::builder()
-                    .registry_with(json!({
-                        "name": UPSTREAM,
-                        "endpoint": rig.proxy.url(),
-                        "timeouts": {"connect": "2s", "firstByte": "2s", "idle": "1s"},
-                    }))
-                    .start();
+                cache = cache_in_front_of(&rig.proxy);
                 let base = cache.url();
                 Box::new(move |i| Repo::new(&base, &format!("{UPSTREAM}/r{i}")))
             } else {
@@ -632,18 +627,8 @@ async fn chaos_compared_with_the_distribution_proxy() {
             };
             rig.proxy
                 .chaos(seed.wrapping_add(round), 0.3, faults.clone());
-            let mut tasks = Vec::new();
-            for client_no in 0..CLIENTS {
-                for i in 0..IMAGES {
-                    let k = (i + client_no) % IMAGES;
-                    let (c, repo, image) = (c.clone(), repo_of(k), rig.images[k].clone());
-                    tasks.push(tokio::spawn(async move {
-                        pull_outcome(&c, &repo, &image).await
-                    }));
-                }
-            }
-            for t in tasks {
-                tally.count(&t.await.unwrap());
+            for outcome in pull_concurrently(CLIENTS, &rig.images, &*repo_of).await {
+                tally.count(&outcome);
             }
             rig.proxy.clear();
             tokio::time::sleep(Duration::from_millis(1100)).await;

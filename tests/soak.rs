@@ -34,8 +34,8 @@ use serde_json::{Value, json};
 
 use support::image::{CONTAINERD_ACCEPT, Desc};
 use support::proc::{
-    clock_ticks, command_line, cpu_busy, cpu_model, cpu_secs, fd_count, machine_cpu_ticks,
-    status_number,
+    busy_before_start, busy_note, clock_ticks, command_line, cores, cpu_model, cpu_secs, fd_count,
+    imagecache_build, machine_cpu_ticks, status_number,
 };
 use support::*;
 
@@ -43,8 +43,6 @@ const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
 const MIBF: f64 = MIB as f64;
 const GV: &str = "/apis/image.openshift.io/v1";
-/// Above this share of busy CPU just before the start, the report says the figures are skewed.
-const BUSY_WARN: f64 = 0.15;
 /// How often ours writes pull statistics (each flush is one Image event per pulled image).
 const FLUSH: Duration = Duration::from_secs(5);
 /// Changes ours keeps for resuming watchers: small, so the lagging watcher gets 410s.
@@ -157,13 +155,7 @@ fn soak_mixed_load_prune_and_watchers() {
         settings.prune_every.as_secs_f64(),
         settings.seed
     );
-    let busy_before = cpu_busy(Duration::from_secs(1));
-    if busy_before > BUSY_WARN {
-        eprintln!(
-            "WARNING: CPUs {:.0}% busy before the start: other work on this machine skews the figures",
-            busy_before * 100.0
-        );
-    }
+    let busy_before = busy_before_start();
     let tmp = tempfile::Builder::new().prefix("soak-").tempdir().unwrap();
 
     // ---- images and servers ------------------------------------------------------
@@ -669,13 +661,13 @@ async fn soak(
         }
         let m = metrics(&load.client, &admin).await;
         let cache = CacheSample {
-            manifests: family_sum(&m, "imagecache_store_manifests"),
-            blobs: family_sum(&m, "imagecache_store_blobs"),
-            mib: family_sum(&m, "imagecache_store_bytes") / MIBF,
-            prune_runs: family_sum(&m, "imagecache_prune_runs_total")
-                - family_sum(&metrics0, "imagecache_prune_runs_total"),
-            pruned_manifests: family_sum(&m, "imagecache_prune_removed_manifests_total")
-                - family_sum(&metrics0, "imagecache_prune_removed_manifests_total"),
+            manifests: metric_sum(&m, "imagecache_store_manifests"),
+            blobs: metric_sum(&m, "imagecache_store_blobs"),
+            mib: metric_sum(&m, "imagecache_store_bytes") / MIBF,
+            prune_runs: metric_sum(&m, "imagecache_prune_runs_total")
+                - metric_sum(&metrics0, "imagecache_prune_runs_total"),
+            pruned_manifests: metric_sum(&m, "imagecache_prune_removed_manifests_total")
+                - metric_sum(&metrics0, "imagecache_prune_removed_manifests_total"),
         };
         let machine = (machine_cpu_ticks(), soak_cpu());
         let ((b0, t0), c0) = last_machine;
@@ -719,7 +711,7 @@ async fn soak(
         "imagecache_prune_removed_blobs_total",
         "imagecache_prune_reclaimed_bytes_total",
     ]
-    .map(|f| family_sum(&metrics1, f) - family_sum(&metrics0, f));
+    .map(|f| metric_sum(&metrics1, f) - metric_sum(&metrics0, f));
     let fetches0 = by_label(&metrics0, "imagecache_upstream_fetches_total", "outcome");
     let mut upstream_fetches = by_label(&metrics1, "imagecache_upstream_fetches_total", "outcome");
     for (k, v) in &mut upstream_fetches {
@@ -1376,19 +1368,6 @@ async fn metrics(c: &reqwest::Client, admin: &str) -> String {
     }
 }
 
-/// Sum of every sample of a metric family (`name` or `name{labels}`).
-fn family_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            if !(rest.starts_with('{') || rest.starts_with(' ')) {
-                return None;
-            }
-            rest.rsplit(' ').next()?.parse::<f64>().ok()
-        })
-        .sum()
-}
-
 /// A counter family's samples summed by the value of one label.
 fn by_label(text: &str, name: &str, label: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
@@ -1870,31 +1849,8 @@ fn report(settings: &Settings, run: &Run, env: &str) -> String {
 }
 
 fn environment(settings: &Settings, run: &Run, busy_before: f64, prune: &Value) -> String {
-    let rev = command_line(
-        "git",
-        &[
-            "-C",
-            env!("CARGO_MANIFEST_DIR"),
-            "describe",
-            "--always",
-            "--dirty",
-        ],
-    );
-    let build = if cfg!(debug_assertions) {
-        "DEBUG"
-    } else {
-        "release"
-    };
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let skewed = if busy_before > BUSY_WARN {
-        " (other work was running: figures are skewed)"
-    } else {
-        ""
-    };
     [
-        format!("- imagecache: {rev} ({build} build)"),
+        format!("- imagecache: {}", imagecache_build()),
         format!(
             "- proxy: {} (proxy.remoteurl = the same upstream Distribution on loopback)",
             command_line("docker-registry", &["--version"])
@@ -1916,10 +1872,11 @@ fn environment(settings: &Settings, run: &Run, busy_before: f64, prune: &Value) 
             settings.prune_every.as_secs_f64()
         ),
         format!(
-            "- CPU: {}, {cores} cores shared by the servers, the upstream and the clients; \
-             loopback only; CPUs {:.0}% busy just before the start{skewed}",
+            "- CPU: {}, {} cores shared by the servers, the upstream and the clients; \
+             loopback only; {}",
             cpu_model(),
-            busy_before * 100.0
+            cores(),
+            busy_note(busy_before)
         ),
     ]
     .join("\n")

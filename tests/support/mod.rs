@@ -107,3 +107,17 @@ pub fn target_dir() -> std::path::PathBuf {
         .expect("target dir")
         .to_path_buf()
 }
+
+/// Sum of every sample of a metric family in Prometheus text: `name` alone sums all its label
+/// sets, `name{labels}` just that one.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            if !(rest.starts_with('{') || rest.starts_with(' ')) {
+                return None;
+            }
+            rest.rsplit(' ').next()?.parse::<f64>().ok()
+        })
+        .sum()
+}

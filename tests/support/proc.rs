@@ -140,3 +140,59 @@ pub fn cpu_model() -> String {
         })
         .unwrap_or_default()
 }
+
+/// Share of busy CPU before a measurement above which its figures are marked as skewed.
+pub const BUSY_WARN: f64 = 0.15;
+
+/// How busy the CPUs are over a second before a measurement starts; warns on stderr when other
+/// work would skew the figures.
+pub fn busy_before_start() -> f64 {
+    let busy = cpu_busy(Duration::from_secs(1));
+    if busy > BUSY_WARN {
+        eprintln!(
+            "WARNING: CPUs {:.0}% busy before the start: other work on this machine skews the figures",
+            busy * 100.0
+        );
+    }
+    busy
+}
+
+/// `CPUs N% busy just before the start`, marked when that skews the figures.
+pub fn busy_note(busy: f64) -> String {
+    let skewed = if busy > BUSY_WARN {
+        " (other work was running: figures are skewed)"
+    } else {
+        ""
+    };
+    format!(
+        "CPUs {:.0}% busy just before the start{skewed}",
+        busy * 100.0
+    )
+}
+
+/// What was measured: `git describe` of the tree and the build profile.
+pub fn imagecache_build() -> String {
+    let rev = command_line(
+        "git",
+        &[
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "describe",
+            "--always",
+            "--dirty",
+        ],
+    );
+    let build = if cfg!(debug_assertions) {
+        "DEBUG"
+    } else {
+        "release"
+    };
+    format!("{rev} ({build} build)")
+}
+
+/// CPU cores this process may use.
+pub fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0)
+}
