@@ -28,61 +28,111 @@ impl Algorithm {
     }
 }
 
-/// A validated digest. The hex part is lowercase and of the algorithm's length, so it is safe to
-/// use as a file name.
+/// A validated digest, held as its raw bytes: a sha256 digest lives inline (no allocation,
+/// 40 bytes), so the index of a large cache holds millions of them cheaply and hashes and
+/// compares them without chasing pointers. Ordering is the order of the text form.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Digest(Bytes);
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({self})")
+    }
+}
+
+/// Variant order and byte order give the text order: `sha256:` before `sha512:`, then the hex.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Digest {
-    algorithm: Algorithm,
-    hex: String,
+enum Bytes {
+    Sha256([u8; 32]),
+    Sha512(Box<[u8; 64]>),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid digest {0:?}: expected sha256:<64 hex> or sha512:<128 hex>")]
 pub struct InvalidDigest(pub String);
 
+/// The hex part of a digest, formatted on the stack; derefs to `str`.
+#[derive(Clone, Copy)]
+pub struct Hex {
+    buf: [u8; 128],
+    len: usize,
+}
+
+impl Hex {
+    pub fn as_str(&self) -> &str {
+        // Only ever filled by `hex::encode_to_slice`, which writes ASCII.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for Hex {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Display for Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 impl Digest {
     pub fn algorithm(&self) -> Algorithm {
-        self.algorithm
+        match self.0 {
+            Bytes::Sha256(_) => Algorithm::Sha256,
+            Bytes::Sha512(_) => Algorithm::Sha512,
+        }
     }
 
-    pub fn hex(&self) -> &str {
-        &self.hex
+    fn bytes(&self) -> &[u8] {
+        match &self.0 {
+            Bytes::Sha256(b) => b,
+            Bytes::Sha512(b) => &b[..],
+        }
+    }
+
+    /// The lowercase hex part (after `algorithm:`).
+    pub fn hex(&self) -> Hex {
+        let bytes = self.bytes();
+        let mut hex = Hex {
+            buf: [0; 128],
+            len: bytes.len() * 2,
+        };
+        // The buffer is sized for the longest digest, so this cannot fail.
+        let _ = hex::encode_to_slice(bytes, &mut hex.buf[..bytes.len() * 2]);
+        hex
     }
 
     /// The sha256 digest of `data`.
     pub fn sha256_of(data: &[u8]) -> Digest {
-        Digest {
-            algorithm: Algorithm::Sha256,
-            hex: hex::encode(Sha256::digest(data)),
-        }
+        Digest(Bytes::Sha256(Sha256::digest(data).into()))
     }
 
     /// The digest of `data` computed with this digest's algorithm.
     pub fn verifies(&self, data: &[u8]) -> bool {
-        let mut h = Hasher::new(self.algorithm);
+        let mut h = Hasher::new(self.algorithm());
         h.update(data);
         h.finish() == *self
     }
 }
 
-/// Hashes the first 64 bits of the digest instead of all its text: digests are uniformly
-/// random, and the prune planner hashes millions of them. Equality still compares everything.
+/// Hashes the first 64 bits of the digest instead of all of it: digests are uniformly random,
+/// and the prune planner hashes millions of them. Equality still compares everything.
 impl std::hash::Hash for Digest {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        let b = self.hex.as_bytes();
-        let word = |i: usize| {
-            u64::from_le_bytes([
-                b[i],
-                b[i + 1],
-                b[i + 2],
-                b[i + 3],
-                b[i + 4],
-                b[i + 5],
-                b[i + 6],
-                b[i + 7],
-            ])
-        };
-        state.write_u64(word(0) ^ word(8).rotate_left(4));
+        let b = self.bytes();
+        state.write_u64(u64::from_le_bytes([
+            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+        ]));
     }
 }
 
@@ -97,23 +147,42 @@ impl FromStr for Digest {
             "sha512" => Algorithm::Sha512,
             _ => return Err(bad()),
         };
-        let valid_hex = hex.len() == algorithm.hex_len()
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if !valid_hex {
+        if hex.len() != algorithm.hex_len() {
             return Err(bad());
         }
-        Ok(Digest {
-            algorithm,
-            hex: hex.to_owned(),
-        })
+        let bytes = match algorithm {
+            Algorithm::Sha256 => {
+                let mut b = [0u8; 32];
+                decode_lower_hex(hex, &mut b).ok_or_else(bad)?;
+                Bytes::Sha256(b)
+            }
+            Algorithm::Sha512 => {
+                let mut b = Box::new([0u8; 64]);
+                decode_lower_hex(hex, &mut b[..]).ok_or_else(bad)?;
+                Bytes::Sha512(b)
+            }
+        };
+        Ok(Digest(bytes))
     }
+}
+
+/// Lowercase hex only: the hex is a file name, and one digest has one spelling. (Opening a
+/// large cache parses every digest of every record, so this is a plain loop.)
+fn decode_lower_hex(hex: &str, out: &mut [u8]) -> Option<()> {
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    for (o, pair) in out.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+        *o = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(())
 }
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.algorithm.as_str(), self.hex)
+        write!(f, "{}:{}", self.algorithm().as_str(), self.hex())
     }
 }
 
@@ -174,14 +243,8 @@ impl Hasher {
 
     pub fn finish(self) -> Digest {
         match self {
-            Hasher::Sha256(h) => Digest {
-                algorithm: Algorithm::Sha256,
-                hex: hex::encode(h.finalize()),
-            },
-            Hasher::Sha512(h) => Digest {
-                algorithm: Algorithm::Sha512,
-                hex: hex::encode(h.finalize()),
-            },
+            Hasher::Sha256(h) => Digest(Bytes::Sha256(h.finalize().into())),
+            Hasher::Sha512(h) => Digest(Bytes::Sha512(Box::new(h.finalize().into()))),
         }
     }
 }
@@ -217,13 +280,33 @@ mod tests {
         }
     }
 
+    /// The Image API cuts and sorts pages on digests but names images by their text.
+    #[test]
+    fn orders_as_its_text() {
+        let mut digests: Vec<Digest> = ["0", "f", "a", "5"]
+            .iter()
+            .flat_map(|c| {
+                [
+                    format!("sha256:{}", c.repeat(64)),
+                    format!("sha512:{}", c.repeat(128)),
+                ]
+            })
+            .map(|s| s.parse().unwrap())
+            .collect();
+        digests.push(Digest::sha256_of(b"x"));
+        let mut by_text = digests.clone();
+        by_text.sort_by_key(|d| d.to_string());
+        digests.sort();
+        assert_eq!(digests, by_text);
+    }
+
     #[test]
     fn verifies_content() {
         let d = Digest::sha256_of(b"hello");
         assert!(d.verifies(b"hello"));
         assert!(!d.verifies(b"hellO"));
         assert_eq!(
-            d.hex(),
+            d.hex().as_str(),
             "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
         );
     }

@@ -59,7 +59,8 @@ fn matches(e: &Entry, patterns: &[Regex]) -> bool {
 
 fn sorted(inv: &Inventory) -> Vec<&Entry> {
     let mut v: Vec<&Entry> = inv.manifests.iter().collect();
-    v.sort_by_key(|a| a.primary_url());
+    // Cached: a URL is formatted from the tags and references, once per entry, not per comparison.
+    v.sort_by_cached_key(|a| a.primary_url());
     v
 }
 

@@ -65,7 +65,7 @@ fn synthetic(n: usize) -> Inventory {
                 image_created: None,
             };
             Entry {
-                record,
+                record: record.into(),
                 tags: vec![(repo, format!("v{i}"))],
             }
         })
@@ -73,7 +73,7 @@ fn synthetic(n: usize) -> Inventory {
     let used_bytes = blob_sizes.values().sum();
     Inventory {
         manifests,
-        blob_sizes,
+        blob_sizes: blob_sizes.into(),
         used_bytes,
         volume: Some(Volume {
             total: u64::MAX / 2,

@@ -323,47 +323,58 @@ fn expired(store: &Store, rv: u64, current: u64) -> Option<ApiError> {
 }
 
 fn list(feed: &Feed, store: &Store, p: &Params, out: Output) -> Result<Response, ApiError> {
-    let snap = store.snapshot();
-    let (list_rv, start) = match &p.continue_token {
+    let token = p
+        .continue_token
+        .as_deref()
+        .map(ContinueToken::decode)
+        .transpose()?;
+    // Names are digests, so a page starts after the digest the token names.
+    let after = token
+        .as_ref()
+        .map(|t| {
+            t.start.parse::<Digest>().map_err(|_| {
+                ApiError::BadRequest(format!("continue key is not valid: {:?}", t.start))
+            })
+        })
+        .transpose()?;
+    let filtered = !p.label_selector.is_empty() || !p.field_selector.is_empty();
+    let limit = if p.limit == 0 { usize::MAX } else { p.limit };
+    // Unfiltered, the page is the next `limit` images (one more tells whether more follow);
+    // filtered, any number may have to be read to fill it.
+    let page = store.page(
+        after.as_ref(),
+        (!filtered).then_some(limit.saturating_add(1)),
+    );
+    let list_rv = match &token {
         Some(t) => {
-            let token = ContinueToken::decode(t)?;
-            if let Some(e) = expired(store, token.rv, snap.revision) {
+            if let Some(e) = expired(store, t.rv, page.revision) {
                 return Err(e);
             }
-            (token.rv, Some(token.start))
+            t.rv
         }
-        None => (snap.revision, None),
+        None => page.revision,
     };
     if p.resource_version_match.as_deref() == Some("Exact")
         && let Ok(rv) = params::parse_revision(&p.resource_version)
-        && rv != snap.revision
+        && rv != page.revision
     {
         // Only the current revision can be listed; an older one is gone.
         return Err(ApiError::Expired {
             requested: rv,
-            oldest: snap.revision,
+            oldest: page.revision,
         });
     }
-    let revs = feed.object_revisions(store, snap.revision);
-    let mut records: Vec<_> = snap
-        .manifests
-        .iter()
-        .map(|(r, tags)| (r.digest.to_string(), r, tags))
-        .filter(|(name, _, _)| start.as_deref().is_none_or(|s| name.as_str() > s))
-        .collect();
-    records.sort_by(|a, b| a.0.cmp(&b.0));
-    let filtered = !p.label_selector.is_empty() || !p.field_selector.is_empty();
+    let revs = feed.object_revisions(store, page.revision);
     let filter = Filter {
         labels: p.label_selector.clone(),
         fields: p.field_selector.clone(),
     };
-    let limit = if p.limit == 0 { usize::MAX } else { p.limit };
     let mut items = Vec::new();
     let mut more = false;
     let mut seen = 0;
-    for (name, record, tags) in &records {
+    for (record, tags) in &page.manifests {
         seen += 1;
-        let image = Image::from_record(record, tags, revs.of(name));
+        let image = Image::from_record(record, tags, revs.of(&record.digest.to_string()));
         if !filter.matches(&image) {
             continue;
         }
@@ -387,7 +398,7 @@ fn list(feed: &Feed, store: &Store, p: &Params, out: Output) -> Result<Response,
         );
         // The API server only counts what is left when it need not filter.
         if !filtered {
-            meta.remaining_item_count = Some((records.len() - seen + 1) as i64);
+            meta.remaining_item_count = Some((page.remaining - seen + 1) as i64);
         }
     }
     Ok(list_response(&items, meta, &out))

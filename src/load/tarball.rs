@@ -788,7 +788,7 @@ fn plan_docker(scan: &Scan<'_>, options: &Options<'_>) -> Result<Plan, TarballEr
         if let Some(hex) = entry.config.strip_suffix(".json")
             && hex.len() == 64
             && hex.bytes().all(|b| b.is_ascii_hexdigit())
-            && hex != config.digest.hex()
+            && hex != config.digest.hex().as_str()
         {
             return Err(format_err(format!(
                 "{} does not match its name (its content hashes to {})",
@@ -894,7 +894,7 @@ mod tests {
     }
 
     fn hex(b: &[u8]) -> String {
-        Digest::sha256_of(b).hex().to_owned()
+        Digest::sha256_of(b).hex().to_string()
     }
 
     fn allow_all(_: &str) -> bool {

@@ -1,6 +1,7 @@
 //! The pure prune planner: (inventory, request, now) -> plan. No I/O, no clock, no store.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -13,7 +14,8 @@ use crate::store::ManifestRecord;
 /// One cached manifest as the planner sees it.
 #[derive(Clone, Debug)]
 pub struct Entry {
-    pub record: ManifestRecord,
+    /// Shared with the store's index: an inventory does not copy the records.
+    pub record: Arc<ManifestRecord>,
     /// Every (repository, tag) pointing at it.
     pub tags: Vec<(RepoPath, String)>,
 }
@@ -56,7 +58,7 @@ pub struct Volume {
 #[derive(Clone, Debug, Default)]
 pub struct Inventory {
     pub manifests: Vec<Entry>,
-    pub blob_sizes: HashMap<Digest, u64>,
+    pub blob_sizes: Arc<HashMap<Digest, u64>>,
     /// Bytes of every cached blob.
     pub used_bytes: u64,
     pub volume: Option<Volume>,

@@ -73,7 +73,10 @@ impl Inv {
         let tags = tag
             .map(|t| vec![(repo(repository), t.to_owned())])
             .unwrap_or_default();
-        self.entries.push(Entry { record, tags });
+        self.entries.push(Entry {
+            record: record.into(),
+            tags,
+        });
         digest
     }
 
@@ -113,7 +116,8 @@ impl Inv {
                 platform: None,
                 labels: BTreeMap::new(),
                 image_created: None,
-            },
+            }
+            .into(),
             tags: vec![(repo(repository), tag.to_owned())],
         };
         e.tags.sort();
@@ -132,7 +136,7 @@ impl Inv {
         let used_bytes = blob_sizes.values().sum();
         Inventory {
             manifests: self.entries.clone(),
-            blob_sizes,
+            blob_sizes: blob_sizes.into(),
             used_bytes,
             volume: Some(Volume {
                 total: 100_000,

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use jiff::Timestamp;
@@ -100,7 +100,7 @@ pub struct Change {
     pub revision: u64,
     pub kind: ChangeKind,
     /// The manifest as it is after the change (as it was, for a deletion).
-    pub record: ManifestRecord,
+    pub record: Arc<ManifestRecord>,
     pub tags: Vec<(RepoPath, String)>,
 }
 
@@ -123,13 +123,26 @@ pub struct Removed {
     pub skipped: Vec<Digest>,
 }
 
-/// Every manifest with its tags, and the cached blobs with their sizes.
+/// A cached manifest and every (repository, tag) pointing at it.
+pub type TaggedRecord = (Arc<ManifestRecord>, Vec<(RepoPath, String)>);
+
+/// Every manifest with its tags, and the cached blobs with their sizes. Records and the blob
+/// map are shared with the index, not copied: a snapshot of 100k manifests costs pointers.
 pub struct Snapshot {
     /// The revision this snapshot is consistent with.
     pub revision: u64,
-    pub manifests: Vec<(ManifestRecord, Vec<(RepoPath, String)>)>,
-    pub blobs: HashMap<Digest, u64>,
+    pub manifests: Vec<TaggedRecord>,
+    pub blobs: Arc<HashMap<Digest, u64>>,
     pub bytes: u64,
+}
+
+/// One page of manifests in digest order (see [`Store::page`]).
+pub struct Page {
+    /// The revision the page is consistent with.
+    pub revision: u64,
+    pub manifests: Vec<TaggedRecord>,
+    /// Manifests after the page's start, those on the page included.
+    pub remaining: usize,
 }
 
 /// What a manifest GET needs, cheap to clone.
@@ -140,10 +153,13 @@ pub struct ManifestContent {
     pub bytes: Bytes,
 }
 
+/// Records and the blob map are behind `Arc`s so snapshots share them. A change while a
+/// snapshot holds them copies first (`Arc::make_mut`): the one record it changes, or the blob
+/// map once per snapshot.
 #[derive(Default)]
 struct Index {
-    manifests: HashMap<Digest, ManifestRecord>,
-    blobs: HashMap<Digest, u64>,
+    manifests: HashMap<Digest, Arc<ManifestRecord>>,
+    blobs: Arc<HashMap<Digest, u64>>,
     blob_bytes: u64,
     tags: BTreeMap<RepoPath, BTreeMap<String, TagEntry>>,
     /// Store-wide change counter: every visible change of a manifest bumps it.
@@ -170,7 +186,7 @@ impl Index {
     }
 
     /// Records a change of `digest` (which must still be cached, unless `deleted` is given).
-    fn emit(&mut self, kind: ChangeKind, digest: &Digest, deleted: Option<ManifestRecord>) {
+    fn emit(&mut self, kind: ChangeKind, digest: &Digest, deleted: Option<Arc<ManifestRecord>>) {
         let Some(record) = deleted.or_else(|| self.manifests.get(digest).cloned()) else {
             return;
         };
@@ -382,7 +398,10 @@ impl Store {
 
     fn insert_blob(&self, digest: &Digest, size: u64) {
         let mut ix = self.write();
-        if ix.blobs.insert(digest.clone(), size).is_none() {
+        if Arc::make_mut(&mut ix.blobs)
+            .insert(digest.clone(), size)
+            .is_none()
+        {
             ix.blob_bytes += size;
         }
     }
@@ -401,7 +420,7 @@ impl Store {
             let updated = {
                 let mut ix = self.write();
                 let updated = ix.manifests.get_mut(&m).map(|r| {
-                    apply_config(r, &info);
+                    apply_config(Arc::make_mut(r), &info);
                     r.clone()
                 });
                 if updated.is_some() {
@@ -429,7 +448,7 @@ impl Store {
         bytes: &Bytes,
         now: Timestamp,
     ) -> Result<ManifestContent, StoreError> {
-        let existing = self.read().manifests.get(digest).cloned();
+        let existing = self.read().manifests.get(digest).map(|r| (**r).clone());
         let (record, is_new, mut reference_added) = match existing {
             // A new reference is written under the lock below, where a prune cannot remove
             // the manifest between the check and the write.
@@ -478,10 +497,10 @@ impl Store {
                     return self.put_manifest(repo, tag, digest, content_type, bytes, now);
                 };
                 if !r.references.contains(repo) {
-                    let mut updated = r.clone();
+                    let mut updated = (**r).clone();
                     updated.references.insert(repo.clone());
                     self.write_record(&updated)?;
-                    r.references.insert(repo.clone());
+                    *r = Arc::new(updated);
                     reference_added = true;
                 }
             } else if let Some(r) = ix.manifests.get_mut(digest) {
@@ -489,13 +508,13 @@ impl Store {
                 // read above: its record stays (one ADDED, its history kept) and gains our
                 // reference. The file is rewritten under the lock, over the one written above,
                 // so the last of such racing writes holds every reference. This is rare.
-                reference_added = r.references.insert(repo.clone());
+                reference_added = Arc::make_mut(r).references.insert(repo.clone());
                 let merged = r.clone();
                 if let Err(e) = self.write_record(&merged) {
                     tracing::warn!(digest = %digest, error = %e, "cannot update manifest record");
                 }
             } else {
-                ix.manifests.insert(digest.clone(), record.clone());
+                ix.manifests.insert(digest.clone(), Arc::new(record.clone()));
                 inserted = true;
                 for b in record.blob_digests() {
                     *ix.refs.entry(b.clone()).or_default() += 1;
@@ -605,7 +624,7 @@ impl Store {
 
     /// The record of a cached manifest.
     pub fn manifest_record(&self, digest: &Digest) -> Option<ManifestRecord> {
-        self.read().manifests.get(digest).cloned()
+        self.read().manifests.get(digest).map(|r| (**r).clone())
     }
 
     fn remember(&self, digest: &Digest, bytes: &Bytes) {
@@ -630,6 +649,7 @@ impl Store {
     pub fn record_pull(&self, digest: &Digest, now: Timestamp) {
         let mut ix = self.write();
         if let Some(r) = ix.manifests.get_mut(digest) {
+            let r = Arc::make_mut(r);
             r.last_pulled = Some(now);
             r.pull_count += 1;
             drop(ix);
@@ -649,7 +669,7 @@ impl Store {
                 .get_mut(digest)
                 .filter(|r| !r.references.contains(repo))
                 .map(|r| {
-                    r.references.insert(repo.clone());
+                    Arc::make_mut(r).references.insert(repo.clone());
                     r.clone()
                 });
             if updated.is_some() {
@@ -771,12 +791,7 @@ impl Store {
             remove_file_if_exists(&path)?;
             return Ok(affected);
         }
-        let file = TagFile {
-            registry: repo.registry.clone(),
-            repository: repo.repository.clone(),
-            tags,
-        };
-        write_atomic(&self.root, &path, &json_bytes(&file))?;
+        write_atomic(&self.root, &path, &encode_tags(repo, tags))?;
         Ok(affected)
     }
 
@@ -842,7 +857,7 @@ impl Store {
             .manifests
             .values()
             .filter(|m| m.subject.as_ref() == Some(digest))
-            .cloned()
+            .map(|m| (**m).clone())
             .collect();
         out.sort_by(|a, b| a.digest.cmp(&b.digest));
         out
@@ -898,7 +913,7 @@ impl Store {
                     };
                     if gone {
                         ix.refs.remove(b);
-                        if let Some(size) = ix.blobs.remove(b) {
+                        if let Some(size) = Arc::make_mut(&mut ix.blobs).remove(b) {
                             ix.blob_bytes -= size;
                             out.bytes += size;
                             out.blobs.push(b.clone());
@@ -968,6 +983,47 @@ impl Store {
         out
     }
 
+    /// Manifests after `after` in digest order, at most `limit` of them, with their tags, read
+    /// under one lock; and how many manifests come after `after` in all. Costs one pass over
+    /// the index, not a sort of it: what a paginated list needs per page.
+    pub fn page(&self, after: Option<&Digest>, limit: Option<usize>) -> Page {
+        let ix = self.read();
+        let mut records: Vec<&Arc<ManifestRecord>> = ix
+            .manifests
+            .values()
+            .filter(|r| after.is_none_or(|a| &r.digest > a))
+            .collect();
+        let remaining = records.len();
+        if let Some(n) = limit
+            && n < records.len()
+        {
+            records.select_nth_unstable_by(n, |a, b| a.digest.cmp(&b.digest));
+            records.truncate(n);
+        }
+        records.sort_unstable_by(|a, b| a.digest.cmp(&b.digest));
+        let at: HashMap<&Digest, usize> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (&r.digest, i))
+            .collect();
+        let mut manifests: Vec<TaggedRecord> = records
+            .iter()
+            .map(|r| (Arc::clone(r), Vec::new()))
+            .collect();
+        for (repo, ts) in &ix.tags {
+            for (t, e) in ts {
+                if let Some(&i) = at.get(&e.digest) {
+                    manifests[i].1.push((repo.clone(), t.clone()));
+                }
+            }
+        }
+        Page {
+            revision: ix.revision,
+            manifests,
+            remaining,
+        }
+    }
+
     /// A consistent view of every manifest, its tags, and the cached blobs.
     pub fn snapshot(&self) -> Snapshot {
         let ix = self.read();
@@ -998,7 +1054,7 @@ impl Store {
         write_atomic(
             &self.root,
             &record_path(&self.root, &r.digest),
-            &json_bytes(r),
+            &encode_record(r),
         )
     }
 }
@@ -1021,20 +1077,37 @@ fn json_bytes<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec())
 }
 
+/// The bytes of a manifest record file. Public with [`encode_tags`] and the path functions so
+/// tools that write a cache offline (the scale test's generator) use the store's own format.
+pub fn encode_record(r: &ManifestRecord) -> Vec<u8> {
+    json_bytes(r)
+}
+
+/// The bytes of the tag index file of `repo`.
+pub fn encode_tags(repo: &RepoPath, tags: BTreeMap<String, TagEntry>) -> Vec<u8> {
+    json_bytes(&TagFile {
+        registry: repo.registry.clone(),
+        repository: repo.repository.clone(),
+        tags,
+    })
+}
+
 pub fn blob_path(root: &Path, d: &Digest) -> PathBuf {
     root.join("blobs")
         .join(d.algorithm().as_str())
         .join(&d.hex()[..2])
-        .join(d.hex())
+        .join(d.hex().as_str())
 }
 
-fn record_path(root: &Path, d: &Digest) -> PathBuf {
+/// Where the record of manifest `d` lives.
+pub fn record_path(root: &Path, d: &Digest) -> PathBuf {
     root.join("manifests")
         .join(d.algorithm().as_str())
         .join(format!("{}.json", d.hex()))
 }
 
-fn tag_path(root: &Path, repo: &RepoPath) -> PathBuf {
+/// Where the tag index of `repo` lives.
+pub fn tag_path(root: &Path, repo: &RepoPath) -> PathBuf {
     let key = Digest::sha256_of(format!("{}/{}", repo.registry, repo.repository).as_bytes());
     root.join("tags").join(format!("{}.json", key.hex()))
 }
@@ -1059,60 +1132,135 @@ fn write_atomic(root: &Path, dest: &Path, data: &[u8]) -> Result<(), StoreError>
     result.map_err(io_err(dest))
 }
 
+/// Threads reading the cache at open: the work is file reads, stats and JSON parsing, which
+/// scale with cores until the disk is the limit.
+fn load_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+}
+
+/// Runs `f` over `items` split into one chunk per thread, results in order; each thread
+/// passes `f` its own scratch value.
+fn parallel_map<T: Sync, R: Send, S: Default>(
+    items: &[T],
+    f: impl Fn(&mut S, &T) -> R + Sync,
+) -> Vec<R> {
+    let chunk = items.len().div_ceil(load_threads()).max(1);
+    std::thread::scope(|s| {
+        let f = &f;
+        let parts: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    let mut scratch = S::default();
+                    part.iter().map(|t| f(&mut scratch, t)).collect::<Vec<R>>()
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
+/// The files of one blob shard directory: (digest, size) for each named like a blob, and the
+/// paths of the others.
+fn scan_shard(alg: &str, dir: &Path) -> (Vec<(Digest, u64)>, Vec<PathBuf>) {
+    let mut blobs = Vec::new();
+    let mut unexpected = Vec::new();
+    let Ok(files) = fs::read_dir(dir) else {
+        return (blobs, unexpected);
+    };
+    for f in files.flatten() {
+        let name = f.file_name();
+        let Some(digest) = name
+            .to_str()
+            .and_then(|n| format!("{alg}:{n}").parse::<Digest>().ok())
+        else {
+            unexpected.push(f.path());
+            continue;
+        };
+        if let Ok(meta) = f.metadata() {
+            blobs.push((digest, meta.len()));
+        }
+    }
+    (blobs, unexpected)
+}
+
+/// Reads and parses one record into the thread's reused buffer. (Plain reads: `fs::read`
+/// would also stat every file to size its buffer, 100k extra system calls at scale.)
+fn read_record(buf: &mut Vec<u8>, path: &Path) -> Result<ManifestRecord, String> {
+    use std::io::Read;
+    let mut file = File::open(path).map_err(|e| e.to_string())?;
+    buf.clear();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let mut r = serde_json::from_slice::<ManifestRecord>(buf).map_err(|e| e.to_string())?;
+    // Lists grow by doubling while they parse; the index keeps them for the process lifetime.
+    r.layers.shrink_to_fit();
+    r.children.shrink_to_fit();
+    Ok(r)
+}
+
 fn load_index(root: &Path, report: &mut OpenReport) -> Index {
     let mut ix = Index::default();
     // Blobs: names are digests; anything else is not ours and is left alone.
+    let mut shards = Vec::new();
     for alg in ["sha256", "sha512"] {
-        let Ok(shards) = fs::read_dir(root.join("blobs").join(alg)) else {
-            continue;
-        };
-        for shard in shards.flatten() {
-            let Ok(files) = fs::read_dir(shard.path()) else {
-                continue;
-            };
-            for f in files.flatten() {
-                let name = f.file_name();
-                let Some(digest) = name
-                    .to_str()
-                    .and_then(|n| format!("{alg}:{n}").parse::<Digest>().ok())
-                else {
-                    tracing::warn!(path = %f.path().display(), "skipping unexpected file in blob store");
-                    report.damaged += 1;
-                    continue;
-                };
-                if let Ok(meta) = f.metadata() {
-                    ix.blob_bytes += meta.len();
-                    ix.blobs.insert(digest, meta.len());
-                }
-            }
+        if let Ok(dirs) = fs::read_dir(root.join("blobs").join(alg)) {
+            shards.extend(dirs.flatten().map(|d| (alg, d.path())));
         }
     }
+    let scanned = parallel_map(&shards, |_: &mut (), (alg, dir)| scan_shard(alg, dir));
+    let mut blobs = HashMap::with_capacity(scanned.iter().map(|(b, _)| b.len()).sum());
+    for (found, unexpected) in scanned {
+        for path in unexpected {
+            tracing::warn!(path = %path.display(), "skipping unexpected file in blob store");
+            report.damaged += 1;
+        }
+        for (digest, size) in found {
+            ix.blob_bytes += size;
+            blobs.insert(digest, size);
+        }
+    }
+    ix.blobs = Arc::new(blobs);
+    let mut paths = Vec::new();
     for alg in ["sha256", "sha512"] {
-        let Ok(files) = fs::read_dir(root.join("manifests").join(alg)) else {
-            continue;
-        };
-        for f in files.flatten() {
-            let path = f.path();
-            let record = fs::read(&path).map_err(|e| e.to_string()).and_then(|b| {
-                serde_json::from_slice::<ManifestRecord>(&b).map_err(|e| e.to_string())
-            });
-            match record {
-                Ok(r)
-                    if record_path(root, &r.digest) == path && ix.blobs.contains_key(&r.digest) =>
-                {
-                    for b in r.blob_digests() {
-                        *ix.refs.entry(b.clone()).or_default() += 1;
-                    }
-                    ix.manifests.insert(r.digest.clone(), r);
+        if let Ok(files) = fs::read_dir(root.join("manifests").join(alg)) {
+            paths.extend(files.flatten().map(|f| f.path()));
+        }
+    }
+    // Each thread also checks that a record sits where its digest says.
+    let records = parallel_map(&paths, |buf: &mut Vec<u8>, p: &PathBuf| {
+        read_record(buf, p).map(|r| {
+            let placed = record_path(root, &r.digest) == *p;
+            (Arc::new(r), placed)
+        })
+    });
+    ix.manifests.reserve(records.len());
+    ix.refs.reserve(ix.blobs.len());
+    for (path, record) in paths.iter().zip(records) {
+        match record {
+            Ok((r, true)) if ix.blobs.contains_key(&r.digest) => {
+                for b in r.blob_digests() {
+                    *ix.refs.entry(b.clone()).or_default() += 1;
                 }
-                Ok(r) => {
-                    tracing::warn!(path = %path.display(), digest = %r.digest, "skipping manifest record whose manifest blob is missing or misplaced");
-                    report.damaged += 1;
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "skipping damaged manifest record");
-                    report.damaged += 1;
-                }
+                ix.manifests.insert(r.digest.clone(), r);
+            }
+            Ok((r, _)) => {
+                tracing::warn!(path = %path.display(), digest = %r.digest, "skipping manifest record whose manifest blob is missing or misplaced");
+                report.damaged += 1;
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "skipping damaged manifest record");
+                report.damaged += 1;
             }
         }
     }

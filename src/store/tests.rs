@@ -62,7 +62,7 @@ fn config_arriving_later_fills_labels() {
     let (d, bytes) = image(&store, CONFIG, &[]);
     let config = Digest::sha256_of(CONFIG);
     // Drop the config blob, cache the manifest, then let the config arrive.
-    store.write().blobs.remove(&config);
+    Arc::make_mut(&mut store.write().blobs).remove(&config);
     fs::remove_file(store.blob_path(&config)).unwrap();
     store
         .put_manifest(&repo("a"), None, &d, None, &bytes, Timestamp::now())
@@ -300,4 +300,53 @@ fn old_revisions_expire() {
     let latest = store.revision();
     assert_eq!(store.changes_since(latest - 10).unwrap().len(), 10);
     assert!(store.changes_since(latest).unwrap().is_empty());
+}
+
+#[test]
+fn pages_follow_digest_order_and_carry_tags() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path()).unwrap();
+    let now = Timestamp::now();
+    let mut digests: Vec<Digest> = (0..7)
+        .map(|i| {
+            let layer = format!("layer-{i}");
+            let (d, bytes) = image(&store, CONFIG, &[layer.as_bytes()]);
+            let tag = format!("v{i}");
+            let tag = (i % 2 == 0).then_some(tag.as_str());
+            store
+                .put_manifest(&repo("p"), tag, &d, None, &bytes, now)
+                .unwrap();
+            d
+        })
+        .collect();
+    digests.sort();
+    let first = store.page(None, Some(3));
+    let names = |p: &Page| {
+        p.manifests
+            .iter()
+            .map(|(r, _)| r.digest.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&first), digests[..3]);
+    assert_eq!(first.remaining, 7);
+    assert_eq!(first.revision, store.revision());
+    let next = store.page(Some(&digests[2]), Some(3));
+    assert_eq!(names(&next), digests[3..6]);
+    assert_eq!(next.remaining, 4);
+    let rest = store.page(Some(&digests[5]), None);
+    assert_eq!(names(&rest), digests[6..]);
+    // Each record comes with the tags the snapshot gives it.
+    let snap = store.snapshot();
+    for (r, tags) in first.manifests.iter().chain(&next.manifests) {
+        let (_, want) = snap
+            .manifests
+            .iter()
+            .find(|(s, _)| s.digest == r.digest)
+            .unwrap();
+        assert_eq!(tags, want);
+    }
+    assert_eq!(
+        snap.manifests.iter().filter(|(_, t)| !t.is_empty()).count(),
+        4
+    );
 }

@@ -9,6 +9,7 @@
 //! manifest behind as a dangling `<none>` image, like `docker pull` does.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
@@ -18,7 +19,7 @@ use super::filters::{Filters, glob_match};
 use super::names::{ImageName, familiar, familiar_digest, familiar_tag};
 use crate::digest::Digest;
 use crate::reference::RepoPath;
-use crate::store::{ChildRef, ManifestRecord, Platform, Snapshot};
+use crate::store::{ChildRef, ManifestRecord, Platform, Snapshot, TaggedRecord};
 
 /// Filters `GET /images/json` accepts.
 pub const LIST_FILTERS: &[&str] = &["before", "dangling", "label", "reference", "since", "until"];
@@ -29,7 +30,7 @@ pub const PRUNE_FILTERS: &[&str] = &["dangling", "label", "label!", "until"];
 #[derive(Clone, Debug)]
 pub struct Child {
     pub child: ChildRef,
-    pub record: Option<ManifestRecord>,
+    pub record: Option<Arc<ManifestRecord>>,
 }
 
 impl Child {
@@ -49,7 +50,7 @@ impl Child {
 
 #[derive(Clone, Debug)]
 pub struct Image {
-    pub record: ManifestRecord,
+    pub record: Arc<ManifestRecord>,
     /// Sorted.
     pub tags: Vec<(RepoPath, String)>,
     /// For an index: every manifest it lists, in its order.
@@ -65,7 +66,7 @@ pub struct Image {
     pub blobs: BTreeSet<Digest>,
     /// The cached manifest that stands for the image: itself, or for an index the child for
     /// the host's platform (else the first cached non-attestation child).
-    primary: Option<ManifestRecord>,
+    primary: Option<Arc<ManifestRecord>>,
 }
 
 impl Image {
@@ -82,7 +83,7 @@ impl Image {
     }
 
     pub fn primary(&self) -> Option<&ManifestRecord> {
-        self.primary.as_ref()
+        self.primary.as_deref()
     }
 
     pub fn repo_tags(&self) -> Vec<String> {
@@ -115,7 +116,7 @@ impl Image {
         self.children
             .iter()
             .filter(|c| c.platform().is_some_and(|p| platform_matches(p, want)))
-            .find_map(|c| c.record.as_ref())
+            .find_map(|c| c.record.as_deref())
     }
 
     /// The children whose platform matches any of `wanted`.
@@ -208,12 +209,12 @@ pub struct Catalog {
     /// Newest first, then by ID.
     pub images: Vec<Image>,
     /// Cached bytes per blob.
-    blob_sizes: HashMap<Digest, u64>,
+    blob_sizes: Arc<HashMap<Digest, u64>>,
 }
 
 impl Catalog {
     pub fn build(snapshot: Snapshot, host: &Platform) -> Catalog {
-        let records: HashMap<Digest, (ManifestRecord, Vec<(RepoPath, String)>)> = snapshot
+        let records: HashMap<Digest, TaggedRecord> = snapshot
             .manifests
             .into_iter()
             .map(|(r, t)| (r.digest.clone(), (r, t)))
@@ -597,7 +598,7 @@ mod tests {
         assert_eq!(id("docker.io/library/nginx:latest").unwrap(), f.nginx);
         assert_eq!(id("upstream.test/team/app:1").unwrap(), f.app);
         assert_eq!(id(&f.multi.to_string()).unwrap(), f.multi);
-        assert_eq!(id(f.multi.hex()).unwrap(), f.multi);
+        assert_eq!(id(f.multi.hex().as_str()).unwrap(), f.multi);
         assert_eq!(id("dd1").unwrap(), f.multi, "short ID");
         assert_eq!(id("sha256:dd1").unwrap(), f.multi);
         assert_eq!(id(&format!("nginx@{}", f.dangling)).unwrap(), f.dangling);

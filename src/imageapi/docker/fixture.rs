@@ -175,8 +175,8 @@ pub fn fixture() -> (Snapshot, Fixture) {
     (
         Snapshot {
             revision: 1,
-            manifests,
-            blobs,
+            manifests: manifests.into_iter().map(|(r, t)| (r.into(), t)).collect(),
+            blobs: blobs.into(),
             bytes,
         },
         ids,

@@ -295,7 +295,7 @@ pub fn manifest_summaries(catalog: &Catalog, image: &Image) -> Vec<ManifestSumma
             entry(
                 c.child.digest.to_string(),
                 d,
-                c.record.as_ref(),
+                c.record.as_deref(),
                 c.is_attestation(),
             )
         })

@@ -336,7 +336,7 @@ mod tests {
                 let n = object_name(cache, &digest);
                 assert!(n.len() <= 253, "{n}");
                 assert!(valid.is_match(&n), "{n}");
-                assert!(n.ends_with(digest.hex()));
+                assert!(n.ends_with(digest.hex().as_str()));
                 assert!(seen.insert(n), "names must be unique");
             }
         }
