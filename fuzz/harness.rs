@@ -271,7 +271,7 @@ pub fn prune_request(data: &[u8]) {
     }
     let s = text(data);
     if let Ok(t) = LabelTerm::parse(line(&s, 0)) {
-        let _ = t.matches(&labels());
+        let _ = t.matches(&labels().into());
     }
     if let Ok(q) = Quantity::parse("count", line(&s, 0)) {
         let _ = (q.bytes_of(0), q.bytes_of(u64::MAX), q.bytes_of(12345));

@@ -449,7 +449,8 @@ fn list(args: ListArgs, image_path: Option<PathBuf>) -> Result<(), CliError> {
         &inventory,
         &patterns,
         crate::listing::limit(Some(args.count)),
-    );
+    )
+    .collect::<Vec<_>>();
     match args.format {
         OutputFormat::Json => print(json(&rows)),
         OutputFormat::Text => {

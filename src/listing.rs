@@ -64,7 +64,12 @@ fn sorted(inv: &Inventory) -> Vec<&Entry> {
     v
 }
 
-pub fn manifests(inv: &Inventory, patterns: &[Regex], count: Option<usize>) -> Vec<ManifestRow> {
+/// Rows are made as they are read, so a caller streaming them never holds them all.
+pub fn manifests<'a>(
+    inv: &'a Inventory,
+    patterns: &'a [Regex],
+    count: Option<usize>,
+) -> impl Iterator<Item = ManifestRow> + 'a {
     sorted(inv)
         .into_iter()
         .filter(|e| matches(e, patterns))
@@ -72,28 +77,27 @@ pub fn manifests(inv: &Inventory, patterns: &[Regex], count: Option<usize>) -> V
         .map(|e| ManifestRow {
             url: e.primary_url(),
             digest: e.record.digest.clone(),
-            media_type: e.record.media_type.clone(),
+            media_type: e.record.media_type.to_string(),
             size: e.record.image_size(),
             created: e.record.created,
             last_pulled: e.record.last_pulled,
             pull_count: e.record.pull_count,
             tags: e.tags.iter().map(|(r, t)| format!("{r}:{t}")).collect(),
         })
-        .collect()
 }
 
 /// Manifests and the blobs they reference; `digest` keeps images referencing a blob whose
 /// digest contains it.
-pub fn images(
-    inv: &Inventory,
-    patterns: &[Regex],
-    digest: Option<&str>,
+pub fn images<'a>(
+    inv: &'a Inventory,
+    patterns: &'a [Regex],
+    digest: Option<&'a str>,
     count: Option<usize>,
-) -> Vec<ImageRow> {
+) -> impl Iterator<Item = ImageRow> + 'a {
     sorted(inv)
         .into_iter()
-        .filter(|e| matches(e, patterns))
-        .filter(|e| {
+        .filter(move |e| matches(e, patterns))
+        .filter(move |e| {
             digest.is_none_or(|s| {
                 let r = &e.record;
                 r.config
@@ -103,23 +107,18 @@ pub fn images(
             })
         })
         .take(count.unwrap_or(usize::MAX))
-        .flat_map(|e| {
+        .flat_map(move |e| {
             let url = e.primary_url();
             let r = &e.record;
-            r.config
-                .iter()
-                .chain(&r.layers)
-                .map(|b| ImageRow {
-                    url: url.clone(),
-                    manifest: r.digest.clone(),
-                    blob: b.digest.clone(),
-                    size: b.size,
-                    media_type: b.media_type.clone(),
-                    cached: inv.blob_sizes.contains_key(&b.digest),
-                })
-                .collect::<Vec<_>>()
+            r.config.iter().chain(&r.layers).map(move |b| ImageRow {
+                url: url.clone(),
+                manifest: r.digest.clone(),
+                blob: b.digest.clone(),
+                size: b.size,
+                media_type: b.media_type.to_string(),
+                cached: inv.blob_sizes.contains(&b.digest),
+            })
         })
-        .collect()
 }
 
 pub fn blobs(
@@ -158,28 +157,34 @@ pub fn shorten_digests(s: &str) -> String {
 /// Rows as whitespace-separated columns (`column -t` friendly); empty cells print `-`.
 pub fn columns(header: Option<&[&str]>, rows: &[Vec<String>], short: bool) -> String {
     let mut out = String::new();
-    let mut line = |cells: &[String]| {
-        let cells: Vec<String> = cells
-            .iter()
-            .map(|c| {
-                if c.is_empty() {
-                    "-".to_owned()
-                } else if short {
-                    shorten_digests(c)
-                } else {
-                    c.clone()
-                }
-            })
-            .collect();
-        out.push_str(&cells.join(" "));
-        out.push('\n');
-    };
     if let Some(h) = header {
-        line(&h.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        out.push_str(&line(
+            &h.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            short,
+        ));
     }
     for r in rows {
-        line(r);
+        out.push_str(&line(r, short));
     }
+    out
+}
+
+/// One row of cells: space-separated, `-` for an empty cell, newline-terminated.
+pub fn line(cells: &[String], short: bool) -> String {
+    let mut out = cells
+        .iter()
+        .map(|c| {
+            if c.is_empty() {
+                "-".to_owned()
+            } else if short {
+                shorten_digests(c)
+            } else {
+                c.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    out.push('\n');
     out
 }
 

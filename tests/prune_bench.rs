@@ -2,14 +2,14 @@
 //! `cargo test --release --test prune_bench -- --ignored --nocapture`): planning over 100k
 //! synthetic manifests, and executing a 10k-manifest prune on a real store.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use imagecache::digest::Digest;
 use imagecache::prune::{self, Entry, Inventory, PruneRequest, Volume};
 use imagecache::reference::RepoPath;
-use imagecache::store::{BlobRef, ManifestRecord, OCI_MANIFEST, Store};
+use imagecache::store::{BlobRef, ManifestRecord, OCI_MANIFEST, SmallSet, Store, StrMap};
 use jiff::{SignedDuration, Timestamp};
 
 fn digest(kind: &str, i: usize) -> Digest {
@@ -50,18 +50,18 @@ fn synthetic(n: usize) -> Inventory {
                 digest: d,
                 media_type: OCI_MANIFEST.into(),
                 size: 500,
-                references: BTreeSet::from([repo.clone()]),
+                references: SmallSet::from([repo.clone()]),
                 created: now - SignedDuration::from_hours(24 * 90),
                 last_pulled: Some(now - SignedDuration::from_mins((i % 100_000) as i64 * 3)),
                 pull_count: 1,
                 config: Some(config),
-                layers,
-                children: vec![],
+                layers: layers.into(),
+                children: Box::new([]),
                 subject: None,
                 artifact_type: None,
-                annotations: BTreeMap::new(),
+                annotations: StrMap::new(),
                 platform: None,
-                labels: BTreeMap::from([("team".to_owned(), format!("t{}", i % 10))]),
+                labels: StrMap::from_iter([("team".to_owned(), format!("t{}", i % 10))]),
                 image_created: None,
             };
             Entry {
@@ -73,7 +73,7 @@ fn synthetic(n: usize) -> Inventory {
     let used_bytes = blob_sizes.values().sum();
     Inventory {
         manifests,
-        blob_sizes: blob_sizes.into(),
+        blob_sizes: std::sync::Arc::new(blob_sizes.into()),
         used_bytes,
         volume: Some(Volume {
             total: u64::MAX / 2,

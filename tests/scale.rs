@@ -726,7 +726,7 @@ fn write_item(root: &Path, it: &Item, layers: &[Blob]) -> Written {
             digest,
             media_type: parsed.media_type,
             size: bytes.len() as u64,
-            references: references.clone(),
+            references: references.clone().into(),
             created: it.created,
             last_pulled: it.last_pulled,
             pull_count: it.pull_count,

@@ -12,6 +12,7 @@ use axum::routing::{any, delete, get, post};
 use regex::Regex;
 
 use super::AdminState;
+use super::stream::{self, Rows};
 use crate::listing;
 use crate::metrics::Trigger;
 use crate::prune::{PruneError, PruneRequest, PruneService};
@@ -136,13 +137,15 @@ async fn manifest_list(
     let json = wants_json(&q);
     let svc = service(&state, json)?;
     let (pats, n) = (patterns(&q, "pattern", json)?, count(&q, json)?);
-    let found = listing::manifests(&crate::prune::inventory(svc.store()), &pats, n);
-    Ok(rows(
+    let inv = crate::prune::inventory(svc.store());
+    let format = Rows {
         json,
-        found,
-        listing::MANIFEST_HEADER,
-        listing::manifest_cells,
-    ))
+        header: listing::MANIFEST_HEADER,
+        cells: listing::manifest_cells,
+    };
+    Ok(stream::rows(format, move |emit| {
+        listing::manifests(&inv, &pats, n).try_for_each(|row| emit(&row))
+    }))
 }
 
 async fn image_list(
@@ -152,17 +155,16 @@ async fn image_list(
     let json = wants_json(&q);
     let svc = service(&state, json)?;
     let (pats, n) = (patterns(&q, "pattern", json)?, count(&q, json)?);
-    let digest = q
-        .get("digest")
-        .map(String::as_str)
-        .filter(|d| !d.is_empty());
-    let found = listing::images(&crate::prune::inventory(svc.store()), &pats, digest, n);
-    Ok(rows(
+    let digest = q.get("digest").filter(|d| !d.is_empty()).cloned();
+    let inv = crate::prune::inventory(svc.store());
+    let format = Rows {
         json,
-        found,
-        listing::IMAGE_HEADER,
-        listing::image_cells,
-    ))
+        header: listing::IMAGE_HEADER,
+        cells: listing::image_cells,
+    };
+    Ok(stream::rows(format, move |emit| {
+        listing::images(&inv, &pats, digest.as_deref(), n).try_for_each(|row| emit(&row))
+    }))
 }
 
 async fn blob_list(
@@ -287,7 +289,7 @@ async fn cmd_prune(
         .await
         .map_err(|e| prune_error(e, json))?;
     if json {
-        return Ok(axum::Json(report).into_response());
+        return Ok(stream::json(report));
     }
     Ok(text(listing::report_text(&report, false)))
 }
@@ -303,7 +305,7 @@ async fn admin_prune(
         .run(request, Trigger::api)
         .await
         .map_err(|e| prune_error(e, true))?;
-    Ok(axum::Json(report).into_response())
+    Ok(stream::json(report))
 }
 
 async fn admin_status(State(state): State<Arc<AdminState>>) -> Result<Response, AdminError> {

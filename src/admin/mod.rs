@@ -3,6 +3,7 @@
 
 mod cmd;
 pub mod status;
+mod stream;
 
 #[doc(hidden)]
 pub use cmd::parse_query as parse_cmd_query;

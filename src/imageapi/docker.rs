@@ -189,9 +189,9 @@ impl Params {
             message: format!("{value:?} is not a JSON OCI platform: {e}"),
         })?;
         Ok(Some(Platform {
-            os: w.os,
-            architecture: w.architecture,
-            variant: w.variant.filter(|v| !v.is_empty()),
+            os: w.os.into(),
+            architecture: w.architecture.into(),
+            variant: w.variant.filter(|v| !v.is_empty()).map(Into::into),
         }))
     }
 }

@@ -627,7 +627,7 @@ impl Plan {
             self.visit(
                 scan,
                 &child.digest,
-                Some(child.media_type.clone()),
+                Some(child.media_type.to_string()),
                 platforms,
                 depth + 1,
                 closure,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::request::Compiled;
 use crate::digest::Digest;
 use crate::reference::{RepoPath, select_upstream};
-use crate::store::ManifestRecord;
+use crate::store::{BlobTable, ManifestRecord};
 
 /// One cached manifest as the planner sees it.
 #[derive(Clone, Debug)]
@@ -58,7 +58,7 @@ pub struct Volume {
 #[derive(Clone, Debug, Default)]
 pub struct Inventory {
     pub manifests: Vec<Entry>,
-    pub blob_sizes: Arc<HashMap<Digest, u64>>,
+    pub blob_sizes: Arc<BlobTable>,
     /// Bytes of every cached blob.
     pub used_bytes: u64,
     pub volume: Option<Volume>,
@@ -370,7 +370,7 @@ impl<'a, F: Fn(std::time::Duration) -> Timestamp> Planner<'a, F> {
             if let Some(n) = self.refs.get_mut(d) {
                 *n -= 1;
                 if *n == 0
-                    && let Some(size) = self.inv.blob_sizes.get(d)
+                    && let Some(size) = self.inv.blob_sizes.size(d)
                 {
                     self.freed += size;
                     self.blobs.push(d);

@@ -137,11 +137,11 @@ impl LabelTerm {
         }
     }
 
-    pub fn matches(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+    pub fn matches(&self, labels: &crate::store::StrMap) -> bool {
         match self {
             LabelTerm::Exists(k) => labels.contains_key(k),
-            LabelTerm::Equals(k, v) => labels.get(k) == Some(v),
-            LabelTerm::NotEquals(k, v) => labels.get(k) != Some(v),
+            LabelTerm::Equals(k, v) => labels.get(k) == Some(v.as_str()),
+            LabelTerm::NotEquals(k, v) => labels.get(k) != Some(v.as_str()),
         }
     }
 }
@@ -353,7 +353,7 @@ mod tests {
 
     #[test]
     fn labels() {
-        let m = std::collections::BTreeMap::from([("team".to_owned(), "a".to_owned())]);
+        let m = crate::store::StrMap::from_iter([("team", "a")]);
         assert!(LabelTerm::parse("team").unwrap().matches(&m));
         assert!(LabelTerm::parse("team=a").unwrap().matches(&m));
         assert!(!LabelTerm::parse("team!=a").unwrap().matches(&m));

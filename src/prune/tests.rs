@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::digest::Digest;
 use crate::reference::RepoPath;
-use crate::store::{BlobRef, ChildRef, ManifestRecord};
+use crate::store::{BlobRef, ChildRef, ManifestRecord, SmallSet, StrMap};
 
 fn now() -> Timestamp {
     "2026-06-01T12:00:00Z".parse().unwrap()
@@ -56,18 +56,18 @@ impl Inv {
             digest: digest.clone(),
             media_type: crate::store::OCI_MANIFEST.into(),
             size: 100,
-            references: BTreeSet::from([repo(repository)]),
+            references: SmallSet::from([repo(repository)]),
             created: days_ago(created),
             last_pulled: pulled.map(days_ago),
             pull_count: pulled.map_or(0, |_| 1),
             config: Some(blob(&format!("config-{name}"), 10)),
             layers: layers.iter().map(|(l, s)| blob(l, *s)).collect(),
-            children: vec![],
+            children: Box::new([]),
             subject: None,
             artifact_type: None,
-            annotations: BTreeMap::new(),
+            annotations: StrMap::new(),
             platform: None,
-            labels: BTreeMap::from([("image".to_owned(), name.to_owned())]),
+            labels: BTreeMap::from([("image".to_owned(), name.to_owned())]).into(),
             image_created: None,
         };
         let tags = tag
@@ -95,12 +95,12 @@ impl Inv {
                 digest: digest.clone(),
                 media_type: crate::store::OCI_INDEX.into(),
                 size: 50,
-                references: BTreeSet::from([repo(repository)]),
+                references: SmallSet::from([repo(repository)]),
                 created: days_ago(created),
                 last_pulled: pulled.map(days_ago),
                 pull_count: 1,
                 config: None,
-                layers: vec![],
+                layers: Box::new([]),
                 children: children
                     .iter()
                     .map(|d| ChildRef {
@@ -112,9 +112,9 @@ impl Inv {
                     .collect(),
                 subject: None,
                 artifact_type: None,
-                annotations: BTreeMap::new(),
+                annotations: StrMap::new(),
                 platform: None,
-                labels: BTreeMap::new(),
+                labels: StrMap::new(),
                 image_created: None,
             }
             .into(),
@@ -136,7 +136,7 @@ impl Inv {
         let used_bytes = blob_sizes.values().sum();
         Inventory {
             manifests: self.entries.clone(),
-            blob_sizes: blob_sizes.into(),
+            blob_sizes: std::sync::Arc::new(blob_sizes.into()),
             used_bytes,
             volume: Some(Volume {
                 total: 100_000,

@@ -542,13 +542,18 @@ pub async fn referrers(
         .store
         .referrers(digest)
         .into_iter()
-        .filter(|m| query.artifact_type.is_none() || m.artifact_type == query.artifact_type)
+        .filter(|m| {
+            query
+                .artifact_type
+                .as_deref()
+                .is_none_or(|t| m.artifact_type.as_deref() == Some(t))
+        })
         .map(|m| {
             let mut d = serde_json::json!({
                 "mediaType": m.media_type, "digest": m.digest.to_string(), "size": m.size,
             });
             if let Some(t) = &m.artifact_type {
-                d["artifactType"] = t.clone().into();
+                d["artifactType"] = t.as_str().into();
             }
             if !m.annotations.is_empty() {
                 d["annotations"] = serde_json::to_value(&m.annotations).unwrap_or_default();

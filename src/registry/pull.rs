@@ -50,9 +50,9 @@ pub fn parse_platform(s: &str) -> Result<Platform, String> {
     };
     match parts.as_slice() {
         [os, arch] | [os, arch, _] if parts.iter().all(ok) => Ok(Platform {
-            os: os.to_ascii_lowercase(),
-            architecture: arch.to_ascii_lowercase(),
-            variant: parts.get(2).map(|v| v.to_ascii_lowercase()),
+            os: os.to_ascii_lowercase().into(),
+            architecture: arch.to_ascii_lowercase().into(),
+            variant: parts.get(2).map(|v| v.to_ascii_lowercase().into()),
         }),
         _ => Err(format!(
             "invalid platform {s:?}: expected os/arch[/variant], e.g. linux/arm64"
@@ -112,7 +112,7 @@ pub async fn pull_image_observed(
     let top = resolve(state, repo, reference.clone()).await?;
     let mut summary = PullSummary {
         digest: top.content.digest.clone(),
-        media_type: top.content.media_type.clone(),
+        media_type: top.content.media_type.to_string(),
         manifests_fetched: 0,
         manifests_cached: 0,
         blobs_fetched: 0,

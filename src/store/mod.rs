@@ -12,10 +12,12 @@
 //! old state or the new one, plus temp files that the next open removes. The API is synchronous
 //! and free of HTTP types; async callers wrap it in `spawn_blocking` where it touches the disk.
 
+mod blob_table;
+mod compact;
 mod record;
 pub mod verify;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -25,6 +27,8 @@ use bytes::Bytes;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+pub use blob_table::BlobTable;
+pub use compact::{Atom, SmallSet, StrMap};
 pub use record::{
     BlobRef, ChildRef, ConfigInfo, DOCKER_LIST, DOCKER_MANIFEST, ManifestError, ManifestRecord,
     OCI_INDEX, OCI_MANIFEST, ParsedManifest, Platform, is_index_media_type, parse_config,
@@ -132,7 +136,7 @@ pub struct Snapshot {
     /// The revision this snapshot is consistent with.
     pub revision: u64,
     pub manifests: Vec<TaggedRecord>,
-    pub blobs: Arc<HashMap<Digest, u64>>,
+    pub blobs: Arc<BlobTable>,
     pub bytes: u64,
 }
 
@@ -149,7 +153,7 @@ pub struct Page {
 #[derive(Clone, Debug)]
 pub struct ManifestContent {
     pub digest: Digest,
-    pub media_type: String,
+    pub media_type: Atom,
     pub bytes: Bytes,
 }
 
@@ -159,16 +163,14 @@ pub struct ManifestContent {
 #[derive(Default)]
 struct Index {
     manifests: HashMap<Digest, Arc<ManifestRecord>>,
-    blobs: Arc<HashMap<Digest, u64>>,
-    blob_bytes: u64,
+    /// Cached blobs with their sizes, and references from cached manifests.
+    blobs: Arc<BlobTable>,
     tags: BTreeMap<RepoPath, BTreeMap<String, TagEntry>>,
     /// Store-wide change counter: every visible change of a manifest bumps it.
     revision: u64,
     /// The last `history` changes, oldest first.
     changes: std::collections::VecDeque<Change>,
     history: usize,
-    /// Blob -> number of cached manifests referencing it (their own bytes included).
-    refs: HashMap<Digest, u32>,
     /// Config digest -> manifests cached before their config blob (blobs are pulled lazily).
     awaiting_config: HashMap<Digest, Vec<Digest>>,
 }
@@ -334,7 +336,7 @@ impl Store {
 
     /// The size of a cached blob, if it is cached.
     pub fn blob_size(&self, digest: &Digest) -> Option<u64> {
-        self.read().blobs.get(digest).copied()
+        self.read().blobs.size(digest)
     }
 
     pub fn stats(&self) -> Stats {
@@ -342,7 +344,7 @@ impl Store {
         Stats {
             manifests: ix.manifests.len() as u64,
             blobs: ix.blobs.len() as u64,
-            bytes: ix.blob_bytes,
+            bytes: ix.blobs.bytes(),
         }
     }
 
@@ -397,13 +399,7 @@ impl Store {
     }
 
     fn insert_blob(&self, digest: &Digest, size: u64) {
-        let mut ix = self.write();
-        if Arc::make_mut(&mut ix.blobs)
-            .insert(digest.clone(), size)
-            .is_none()
-        {
-            ix.blob_bytes += size;
-        }
+        Arc::make_mut(&mut self.write().blobs).insert(digest, size);
     }
 
     /// When a config blob arrives, the manifests that were waiting for it learn their platform
@@ -460,7 +456,7 @@ impl Store {
                     digest: digest.clone(),
                     media_type: parsed.media_type,
                     size: bytes.len() as u64,
-                    references: BTreeSet::from([repo.clone()]),
+                    references: SmallSet::from([repo.clone()]),
                     created: now,
                     last_pulled: None,
                     pull_count: 0,
@@ -471,7 +467,7 @@ impl Store {
                     artifact_type: parsed.artifact_type,
                     annotations: parsed.annotations,
                     platform: None,
-                    labels: BTreeMap::new(),
+                    labels: StrMap::new(),
                     image_created: None,
                 };
                 if let Some(c) = &r.config
@@ -514,10 +510,12 @@ impl Store {
                     tracing::warn!(digest = %digest, error = %e, "cannot update manifest record");
                 }
             } else {
-                ix.manifests.insert(digest.clone(), Arc::new(record.clone()));
+                ix.manifests
+                    .insert(digest.clone(), Arc::new(record.clone()));
                 inserted = true;
+                let blobs = Arc::make_mut(&mut ix.blobs);
                 for b in record.blob_digests() {
-                    *ix.refs.entry(b.clone()).or_default() += 1;
+                    blobs.add_ref(b);
                 }
                 // Registered under the lock so a config blob committed concurrently is seen
                 // either here or by its own commit.
@@ -528,7 +526,7 @@ impl Store {
                         .entry(c.digest.clone())
                         .or_default()
                         .push(digest.clone());
-                    config_present = ix.blobs.contains_key(&c.digest).then(|| c.digest.clone());
+                    config_present = ix.blobs.contains(&c.digest).then(|| c.digest.clone());
                 }
             }
             let affected = match tag {
@@ -856,7 +854,7 @@ impl Store {
             .read()
             .manifests
             .values()
-            .filter(|m| m.subject.as_ref() == Some(digest))
+            .filter(|m| m.subject.as_deref() == Some(digest))
             .map(|m| (**m).clone())
             .collect();
         out.sort_by(|a, b| a.digest.cmp(&b.digest));
@@ -903,22 +901,12 @@ impl Store {
                 {
                     waiting.retain(|m| m != d);
                 }
+                let blobs = Arc::make_mut(&mut ix.blobs);
                 for b in r.blob_digests() {
-                    let gone = match ix.refs.get_mut(b) {
-                        Some(n) => {
-                            *n = n.saturating_sub(1);
-                            *n == 0
-                        }
-                        None => true,
-                    };
-                    if gone {
-                        ix.refs.remove(b);
-                        if let Some(size) = Arc::make_mut(&mut ix.blobs).remove(b) {
-                            ix.blob_bytes -= size;
-                            out.bytes += size;
-                            out.blobs.push(b.clone());
-                            blob_files.push(self.blob_path(b));
-                        }
+                    if let Some(size) = blobs.drop_ref(b) {
+                        out.bytes += size;
+                        out.blobs.push(b.clone());
+                        blob_files.push(self.blob_path(b));
                     }
                 }
                 out.manifests.push(d.clone());
@@ -977,7 +965,7 @@ impl Store {
         let mut out: Vec<_> = ix
             .blobs
             .iter()
-            .map(|(d, size)| (d.clone(), *size, ix.refs.get(d).copied().unwrap_or(0)))
+            .map(|(d, size, refs)| (d.clone(), size, refs))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
@@ -1046,7 +1034,7 @@ impl Store {
                 })
                 .collect(),
             blobs: ix.blobs.clone(),
-            bytes: ix.blob_bytes,
+            bytes: ix.blobs.bytes(),
         }
     }
 
@@ -1163,25 +1151,26 @@ fn parallel_map<T: Sync, R: Send, S: Default>(
     })
 }
 
-/// The files of one blob shard directory: (digest, size) for each named like a blob, and the
-/// paths of the others.
-fn scan_shard(alg: &str, dir: &Path) -> (Vec<(Digest, u64)>, Vec<PathBuf>) {
+/// The files of one blob shard directory: the digests of those named like a blob, and the
+/// paths of the others. Names only: sizes come from the records (see [`BlobTable::declare`]).
+fn scan_shard(alg: &str, dir: &Path) -> (Vec<Digest>, Vec<PathBuf>) {
     let mut blobs = Vec::new();
     let mut unexpected = Vec::new();
     let Ok(files) = fs::read_dir(dir) else {
         return (blobs, unexpected);
     };
+    let mut name = String::with_capacity(alg.len() + 1 + 128);
     for f in files.flatten() {
-        let name = f.file_name();
-        let Some(digest) = name
-            .to_str()
-            .and_then(|n| format!("{alg}:{n}").parse::<Digest>().ok())
-        else {
-            unexpected.push(f.path());
-            continue;
-        };
-        if let Ok(meta) = f.metadata() {
-            blobs.push((digest, meta.len()));
+        name.clear();
+        name.push_str(alg);
+        name.push(':');
+        let parsed = f.file_name().to_str().and_then(|n| {
+            name.push_str(n);
+            name.parse::<Digest>().ok()
+        });
+        match parsed {
+            Some(d) => blobs.push(d),
+            None => unexpected.push(f.path()),
         }
     }
     (blobs, unexpected)
@@ -1202,11 +1191,7 @@ fn read_record(buf: &mut Vec<u8>, path: &Path) -> Result<ManifestRecord, String>
             Err(e) => return Err(e.to_string()),
         }
     }
-    let mut r = serde_json::from_slice::<ManifestRecord>(buf).map_err(|e| e.to_string())?;
-    // Lists grow by doubling while they parse; the index keeps them for the process lifetime.
-    r.layers.shrink_to_fit();
-    r.children.shrink_to_fit();
-    Ok(r)
+    serde_json::from_slice::<ManifestRecord>(buf).map_err(|e| e.to_string())
 }
 
 fn load_index(root: &Path, report: &mut OpenReport) -> Index {
@@ -1219,51 +1204,93 @@ fn load_index(root: &Path, report: &mut OpenReport) -> Index {
         }
     }
     let scanned = parallel_map(&shards, |_: &mut (), (alg, dir)| scan_shard(alg, dir));
-    let mut blobs = HashMap::with_capacity(scanned.iter().map(|(b, _)| b.len()).sum());
+    let mut blobs = BlobTable::with_capacity(scanned.iter().map(|(b, _)| b.len()).sum());
     for (found, unexpected) in scanned {
         for path in unexpected {
             tracing::warn!(path = %path.display(), "skipping unexpected file in blob store");
             report.damaged += 1;
         }
-        for (digest, size) in found {
-            ix.blob_bytes += size;
-            blobs.insert(digest, size);
+        for digest in found {
+            blobs.found(digest);
         }
     }
-    ix.blobs = Arc::new(blobs);
-    let mut paths = Vec::new();
+    // A record is named after its manifest's digest, so the list of records to read is a list
+    // of inline digests (4 MiB at 100k), not of paths.
+    let mut names = Vec::new();
     for alg in ["sha256", "sha512"] {
-        if let Ok(files) = fs::read_dir(root.join("manifests").join(alg)) {
-            paths.extend(files.flatten().map(|f| f.path()));
+        let Ok(files) = fs::read_dir(root.join("manifests").join(alg)) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let name = f.file_name();
+            match name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|hex| format!("{alg}:{hex}").parse::<Digest>().ok())
+            {
+                Some(d) => names.push(d),
+                None => {
+                    tracing::warn!(path = %f.path().display(), "skipping unexpected file among manifest records");
+                    report.damaged += 1;
+                }
+            }
         }
     }
-    // Each thread also checks that a record sits where its digest says.
-    let records = parallel_map(&paths, |buf: &mut Vec<u8>, p: &PathBuf| {
-        read_record(buf, p).map(|r| {
-            let placed = record_path(root, &r.digest) == *p;
+    // Each thread also checks that a record holds the digest it is named after.
+    let records = parallel_map(&names, |buf: &mut Vec<u8>, d: &Digest| {
+        read_record(buf, &record_path(root, d)).map(|r| {
+            let placed = r.digest == *d;
             (Arc::new(r), placed)
         })
     });
     ix.manifests.reserve(records.len());
-    ix.refs.reserve(ix.blobs.len());
-    for (path, record) in paths.iter().zip(records) {
+    let mut disputed = Vec::new();
+    for (name, record) in names.iter().zip(records) {
+        let path = || record_path(root, name);
         match record {
-            Ok((r, true)) if ix.blobs.contains_key(&r.digest) => {
+            Ok((r, true)) if blobs.contains(&r.digest) => {
                 for b in r.blob_digests() {
-                    *ix.refs.entry(b.clone()).or_default() += 1;
+                    blobs.add_ref(b);
+                }
+                // The manifest's own size was measured when it was cached; the others are
+                // the descriptors'. A disagreement is settled by the file below.
+                let declared = std::iter::once((&r.digest, r.size))
+                    .chain(
+                        r.config
+                            .iter()
+                            .chain(&r.layers)
+                            .map(|b| (&b.digest, b.size)),
+                    )
+                    .chain(r.children.iter().map(|c| (&c.digest, c.size)));
+                for (d, size) in declared {
+                    if !blobs.declare(d, size) {
+                        disputed.push(d.clone());
+                    }
                 }
                 ix.manifests.insert(r.digest.clone(), r);
             }
             Ok((r, _)) => {
-                tracing::warn!(path = %path.display(), digest = %r.digest, "skipping manifest record whose manifest blob is missing or misplaced");
+                tracing::warn!(path = %path().display(), digest = %r.digest, "skipping manifest record whose manifest blob is missing or misplaced");
                 report.damaged += 1;
             }
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "skipping damaged manifest record");
+                tracing::warn!(path = %path().display(), error = %e, "skipping damaged manifest record");
                 report.damaged += 1;
             }
         }
     }
+    // Blobs no record declares (fetched alone, or left by an interrupted pull), and disputed
+    // ones, are measured.
+    let mut measure = blobs.undeclared();
+    measure.extend(disputed);
+    let sizes = parallel_map(&measure, |_: &mut (), d: &Digest| {
+        fs::metadata(blob_path(root, d)).ok().map(|m| m.len())
+    });
+    for (d, size) in measure.iter().zip(sizes) {
+        blobs.measured(d, size);
+    }
+    blobs.sized();
+    ix.blobs = Arc::new(blobs);
     if let Ok(files) = fs::read_dir(root.join("tags")) {
         for f in files.flatten() {
             let path = f.path();

@@ -1,12 +1,11 @@
 //! What the cache remembers about a manifest, and how it is read out of the manifest and its
 //! image config. Pure: bytes in, records out.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use jiff::Timestamp;
 use oci_spec::image::{ImageIndex, ImageManifest};
 use serde::{Deserialize, Serialize};
 
+use super::compact::{Atom, SmallSet, StrMap};
 use crate::digest::Digest;
 use crate::reference::RepoPath;
 
@@ -21,16 +20,16 @@ pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list
 pub struct BlobRef {
     pub digest: Digest,
     pub size: u64,
-    pub media_type: String,
+    pub media_type: Atom,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Platform {
-    pub os: String,
-    pub architecture: String,
+    pub os: Atom,
+    pub architecture: Atom,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
+    pub variant: Option<Atom>,
 }
 
 impl std::fmt::Display for Platform {
@@ -49,7 +48,7 @@ impl std::fmt::Display for Platform {
 pub struct ChildRef {
     pub digest: Digest,
     pub size: u64,
-    pub media_type: String,
+    pub media_type: Atom,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
 }
@@ -59,11 +58,11 @@ pub struct ChildRef {
 #[serde(rename_all = "camelCase")]
 pub struct ManifestRecord {
     pub digest: Digest,
-    pub media_type: String,
+    pub media_type: Atom,
     /// Size of the manifest itself.
     pub size: u64,
     /// Every (registry, repository) it was pulled through.
-    pub references: BTreeSet<RepoPath>,
+    pub references: SmallSet<RepoPath>,
     /// First cached.
     pub created: Timestamp,
     #[serde(default)]
@@ -72,24 +71,25 @@ pub struct ManifestRecord {
     pub pull_count: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<BlobRef>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub layers: Vec<BlobRef>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub children: Vec<ChildRef>,
+    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
+    pub layers: Box<[BlobRef]>,
+    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
+    pub children: Box<[ChildRef]>,
+    /// Boxed: few manifests have one (signatures, attestations).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subject: Option<Digest>,
+    pub subject: Option<Box<Digest>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub artifact_type: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
+    pub artifact_type: Option<Atom>,
+    #[serde(default, skip_serializing_if = "StrMap::is_empty")]
+    pub annotations: StrMap,
     /// From the image config, once the config blob has been cached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "StrMap::is_empty")]
+    pub labels: StrMap,
     /// The image's own creation time from its config (not when it was cached).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image_created: Option<String>,
+    pub image_created: Option<Box<str>>,
 }
 
 impl ManifestRecord {
@@ -129,13 +129,13 @@ pub enum ManifestError {
 /// What a manifest's bytes say about it, before any cache bookkeeping.
 #[derive(Debug, Default, PartialEq)]
 pub struct ParsedManifest {
-    pub media_type: String,
+    pub media_type: Atom,
     pub config: Option<BlobRef>,
-    pub layers: Vec<BlobRef>,
-    pub children: Vec<ChildRef>,
-    pub subject: Option<Digest>,
-    pub artifact_type: Option<String>,
-    pub annotations: BTreeMap<String, String>,
+    pub layers: Box<[BlobRef]>,
+    pub children: Box<[ChildRef]>,
+    pub subject: Option<Box<Digest>>,
+    pub artifact_type: Option<Atom>,
+    pub annotations: StrMap,
 }
 
 /// Parses a manifest or index. `content_type` is the upstream's header, which wins over the
@@ -157,10 +157,10 @@ pub fn parse_manifest(
         .map(|c| c.split(';').next().unwrap_or("").trim())
         .filter(|c| !c.is_empty() && *c != "application/json" && *c != "application/octet-stream");
     let media_type = match (content_type, probe.media_type) {
-        (Some(c), _) => c.to_owned(),
-        (None, Some(m)) => m,
-        (None, None) if probe.manifests.is_some() => OCI_INDEX.to_owned(),
-        (None, None) if probe.schema_version == Some(2) => OCI_MANIFEST.to_owned(),
+        (Some(c), _) => Atom::new(c),
+        (None, Some(m)) => Atom::from(m),
+        (None, None) if probe.manifests.is_some() => Atom::new(OCI_INDEX),
+        (None, None) if probe.schema_version == Some(2) => Atom::new(OCI_MANIFEST),
         (None, None) => return Err(ManifestError::NoMediaType),
     };
     let digest = |d: &oci_spec::image::Digest| {
@@ -175,24 +175,31 @@ pub fn parse_manifest(
     if is_index_media_type(&parsed.media_type) || probe.manifests.is_some() {
         let index: ImageIndex =
             serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
-        for m in index.manifests() {
-            parsed.children.push(ChildRef {
-                digest: digest(m.digest())?,
-                size: m.size(),
-                media_type: m.media_type().to_string(),
-                platform: m.platform().as_ref().map(|p| Platform {
-                    os: p.os().to_string(),
-                    architecture: p.architecture().to_string(),
-                    variant: p.variant().clone(),
-                }),
-            });
-        }
+        parsed.children = index
+            .manifests()
+            .iter()
+            .map(|m| {
+                Ok(ChildRef {
+                    digest: digest(m.digest())?,
+                    size: m.size(),
+                    media_type: Atom::from(m.media_type().to_string()),
+                    platform: m.platform().as_ref().map(|p| Platform {
+                        os: Atom::from(p.os().to_string()),
+                        architecture: Atom::from(p.architecture().to_string()),
+                        variant: p.variant().as_deref().map(Atom::new),
+                    }),
+                })
+            })
+            .collect::<Result<_, ManifestError>>()?;
         parsed.subject = index
             .subject()
             .as_ref()
-            .map(|s| digest(s.digest()))
+            .map(|s| digest(s.digest()).map(Box::new))
             .transpose()?;
-        parsed.artifact_type = index.artifact_type().as_ref().map(|a| a.to_string());
+        parsed.artifact_type = index
+            .artifact_type()
+            .as_ref()
+            .map(|a| Atom::from(a.to_string()));
         parsed.annotations = index
             .annotations()
             .clone()
@@ -206,7 +213,7 @@ pub fn parse_manifest(
             Ok(BlobRef {
                 digest: digest(d.digest())?,
                 size: d.size(),
-                media_type: d.media_type().to_string(),
+                media_type: Atom::from(d.media_type().to_string()),
             })
         };
         parsed.config = Some(blob(m.config())?);
@@ -214,13 +221,14 @@ pub fn parse_manifest(
         parsed.subject = m
             .subject()
             .as_ref()
-            .map(|s| digest(s.digest()))
+            .map(|s| digest(s.digest()).map(Box::new))
             .transpose()?;
         parsed.artifact_type = m
             .artifact_type()
             .as_ref()
             .map(|a| a.to_string())
-            .or_else(|| Some(m.config().media_type().to_string()).filter(|t| !is_image_config(t)));
+            .or_else(|| Some(m.config().media_type().to_string()).filter(|t| !is_image_config(t)))
+            .map(Atom::from);
         parsed.annotations = m
             .annotations()
             .clone()
@@ -242,8 +250,8 @@ fn is_image_config(media_type: &str) -> bool {
 #[derive(Debug, Default, PartialEq)]
 pub struct ConfigInfo {
     pub platform: Option<Platform>,
-    pub labels: BTreeMap<String, String>,
-    pub created: Option<String>,
+    pub labels: StrMap,
+    pub created: Option<Box<str>>,
 }
 
 pub fn parse_config(bytes: &[u8]) -> ConfigInfo {
@@ -251,7 +259,7 @@ pub fn parse_config(bytes: &[u8]) -> ConfigInfo {
     #[serde(default)]
     struct Inner {
         #[serde(rename = "Labels")]
-        labels: Option<BTreeMap<String, String>>,
+        labels: Option<StrMap>,
     }
     #[derive(Deserialize, Default)]
     #[serde(default)]
@@ -265,16 +273,16 @@ pub fn parse_config(bytes: &[u8]) -> ConfigInfo {
     let raw: Raw = serde_json::from_slice(bytes).unwrap_or_default();
     let platform = match (raw.os, raw.architecture) {
         (Some(os), Some(architecture)) => Some(Platform {
-            os,
-            architecture,
-            variant: raw.variant,
+            os: Atom::from(os),
+            architecture: Atom::from(architecture),
+            variant: raw.variant.map(Atom::from),
         }),
         _ => None,
     };
     ConfigInfo {
         platform,
         labels: raw.config.and_then(|c| c.labels).unwrap_or_default(),
-        created: raw.created,
+        created: raw.created.map(String::into_boxed_str),
     }
 }
 
@@ -329,7 +337,7 @@ mod tests {
         let c = br#"{"os":"linux","architecture":"amd64","created":"2024-01-01T00:00:00Z","config":{"Labels":{"a":"b"}}}"#;
         let info = parse_config(c);
         assert_eq!(info.platform.unwrap().to_string(), "linux/amd64");
-        assert_eq!(info.labels.get("a").map(String::as_str), Some("b"));
+        assert_eq!(info.labels.get("a"), Some("b"));
         assert_eq!(parse_config(b"garbage"), ConfigInfo::default());
     }
 }

@@ -46,7 +46,7 @@ fn manifests_survive_reopen_with_metadata() {
     assert_eq!(report.blobs, 3);
     let r = store.manifest_record(&digest).unwrap();
     assert_eq!(r.pull_count, 2);
-    assert_eq!(r.labels.get("team").map(String::as_str), Some("a"));
+    assert_eq!(r.labels.get("team"), Some("a"));
     assert_eq!(r.platform.unwrap().to_string(), "linux/amd64");
     assert_eq!(store.resolve_tag(&repo("a"), "v1").unwrap().digest, digest);
     assert_eq!(

@@ -875,7 +875,9 @@ mod tests {
         let f = fixture();
         let path = record_path(f.root(), &f.a);
         let mut r: ManifestRecord = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-        r.layers.pop();
+        let mut layers = r.layers.into_vec();
+        layers.pop();
+        r.layers = layers.into();
         fs::write(&path, serde_json::to_vec(&r).unwrap()).unwrap();
         assert_eq!(f.kinds(), ["brokenRecord", "danglingTag"]);
     }

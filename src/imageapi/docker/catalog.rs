@@ -19,7 +19,7 @@ use super::filters::{Filters, glob_match};
 use super::names::{ImageName, familiar, familiar_digest, familiar_tag};
 use crate::digest::Digest;
 use crate::reference::RepoPath;
-use crate::store::{ChildRef, ManifestRecord, Platform, Snapshot, TaggedRecord};
+use crate::store::{Atom, BlobTable, ChildRef, ManifestRecord, Platform, Snapshot, TaggedRecord};
 
 /// Filters `GET /images/json` accepts.
 pub const LIST_FILTERS: &[&str] = &["before", "dangling", "label", "reference", "since", "until"];
@@ -154,8 +154,8 @@ pub fn host_platform() -> Platform {
         other => other,
     };
     Platform {
-        os: std::env::consts::OS.to_owned(),
-        architecture: architecture.to_owned(),
+        os: Atom::new(std::env::consts::OS),
+        architecture: Atom::new(architecture),
         variant: None,
     }
 }
@@ -209,7 +209,7 @@ pub struct Catalog {
     /// Newest first, then by ID.
     pub images: Vec<Image>,
     /// Cached bytes per blob.
-    blob_sizes: Arc<HashMap<Digest, u64>>,
+    blob_sizes: Arc<BlobTable>,
 }
 
 impl Catalog {
@@ -258,15 +258,15 @@ impl Catalog {
                     .unwrap_or(record.created);
                 let labels = primary
                     .as_ref()
-                    .map(|p| p.labels.clone())
+                    .map(|p| p.labels.to_btree())
                     .unwrap_or_default();
                 let blobs: BTreeSet<Digest> = std::iter::once(record)
                     .chain(children.iter().filter_map(|c| c.record.as_ref()))
                     .flat_map(|r| r.blob_digests())
-                    .filter(|d| blob_sizes.contains_key(*d))
+                    .filter(|d| blob_sizes.contains(d))
                     .cloned()
                     .collect();
-                let size = blobs.iter().filter_map(|d| blob_sizes.get(d)).sum();
+                let size = blobs.iter().filter_map(|d| blob_sizes.size(d)).sum();
                 let mut tags = tags.clone();
                 tags.sort();
                 Image {
@@ -514,7 +514,7 @@ impl Catalog {
                     .blobs
                     .iter()
                     .filter(|b| holders.get(b).is_some_and(|n| *n > 1))
-                    .filter_map(|b| self.blob_sizes.get(b))
+                    .filter_map(|b| self.blob_sizes.size(b))
                     .sum();
                 (&i.record.digest, shared)
             })
@@ -527,15 +527,13 @@ impl Catalog {
             .blob_digests()
             .collect::<BTreeSet<_>>()
             .into_iter()
-            .filter_map(|d| self.blob_sizes.get(d))
+            .filter_map(|d| self.blob_sizes.size(d))
             .sum()
     }
 
     /// Whether every blob of `record` is cached.
     pub fn complete(&self, record: &ManifestRecord) -> bool {
-        record
-            .blob_digests()
-            .all(|d| self.blob_sizes.contains_key(d))
+        record.blob_digests().all(|d| self.blob_sizes.contains(d))
     }
 }
 

@@ -1,12 +1,13 @@
 //! A small cache for the unit tests: two tagged images, a multi-platform index and a dangling
 //! manifest, as a store snapshot.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use crate::digest::Digest;
 use crate::reference::RepoPath;
 use crate::store::{
-    BlobRef, ChildRef, ManifestRecord, OCI_INDEX, OCI_MANIFEST, Platform, Snapshot,
+    BlobRef, ChildRef, ManifestRecord, OCI_INDEX, OCI_MANIFEST, Platform, SmallSet, Snapshot,
+    StrMap,
 };
 
 pub fn digest(prefix: &str) -> Digest {
@@ -47,7 +48,7 @@ fn manifest(
         digest: digest(p),
         media_type: OCI_MANIFEST.into(),
         size: 100,
-        references: BTreeSet::from([reference.clone()]),
+        references: SmallSet::from([reference.clone()]),
         created: "2025-01-01T00:00:00Z".parse().unwrap(),
         last_pulled: None,
         pull_count: 0,
@@ -55,11 +56,11 @@ fn manifest(
             media_type: "application/vnd.oci.image.config.v1+json".into(),
             ..blob(&format!("{p}c"), 10)
         }),
-        layers: vec![blob(&format!("{p}1"), 1000), blob(&format!("{p}2"), 2000)],
-        children: Vec::new(),
+        layers: vec![blob(&format!("{p}1"), 1000), blob(&format!("{p}2"), 2000)].into(),
+        children: Box::new([]),
         subject: None,
         artifact_type: None,
-        annotations: BTreeMap::new(),
+        annotations: StrMap::new(),
         platform: Some(platform("amd64")),
         labels: labels
             .iter()
@@ -121,12 +122,12 @@ pub fn fixture() -> (Snapshot, Fixture) {
         digest: digest("dd1"),
         media_type: OCI_INDEX.into(),
         size: 300,
-        references: BTreeSet::from([multi_repo.clone()]),
+        references: SmallSet::from([multi_repo.clone()]),
         config: None,
-        layers: Vec::new(),
-        children: vec![child(&arm64), child(&amd64), attestation],
+        layers: Box::new([]),
+        children: vec![child(&arm64), child(&amd64), attestation].into(),
         platform: None,
-        labels: BTreeMap::new(),
+        labels: StrMap::new(),
         image_created: None,
         ..amd64.clone()
     };
@@ -176,7 +177,7 @@ pub fn fixture() -> (Snapshot, Fixture) {
         Snapshot {
             revision: 1,
             manifests: manifests.into_iter().map(|(r, t)| (r.into(), t)).collect(),
-            blobs: blobs.into(),
+            blobs: std::sync::Arc::new(blobs.into()),
             bytes,
         },
         ids,

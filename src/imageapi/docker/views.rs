@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::catalog::{Catalog, Child, Image, Listed};
-use crate::store::{ManifestRecord, Platform};
+use crate::store::{Atom, ManifestRecord, Platform};
 
 /// Fields the daemon stopped sending at API 1.44 (`VirtualSize`) are sent to older clients.
 pub const VIRTUAL_SIZE_REMOVED: u32 = 44;
@@ -24,9 +24,9 @@ pub struct OciPlatform {
 impl From<&Platform> for OciPlatform {
     fn from(p: &Platform) -> Self {
         OciPlatform {
-            architecture: p.architecture.clone(),
-            os: p.os.clone(),
-            variant: p.variant.clone(),
+            architecture: p.architecture.to_string(),
+            os: p.os.to_string(),
+            variant: p.variant.as_ref().map(|v| v.to_string()),
         }
     }
 }
@@ -44,7 +44,7 @@ pub struct Descriptor {
 impl Descriptor {
     fn of(r: &ManifestRecord) -> Descriptor {
         Descriptor {
-            media_type: r.media_type.clone(),
+            media_type: r.media_type.to_string(),
             digest: r.digest.to_string(),
             size: r.size,
             platform: None,
@@ -287,7 +287,7 @@ pub fn manifest_summaries(catalog: &Catalog, image: &Image) -> Vec<ManifestSumma
         .iter()
         .map(|c: &Child| {
             let d = Descriptor {
-                media_type: c.child.media_type.clone(),
+                media_type: c.child.media_type.to_string(),
                 digest: c.child.digest.to_string(),
                 size: c.child.size,
                 platform: c.platform().map(OciPlatform::from),
@@ -319,13 +319,13 @@ pub fn inspect(
         _ => image.size,
     };
     let own = platform.and_then(|p| p.platform.as_ref());
-    let pick = |from_config: &Option<String>, from_record: Option<&String>| {
+    let pick = |from_config: &Option<String>, from_record: Option<&Atom>| {
         from_config
             .clone()
-            .or_else(|| from_record.cloned())
+            .or_else(|| from_record.map(|a| a.to_string()))
             .unwrap_or_default()
     };
-    let labels = platform.map_or_else(|| image.labels.clone(), |p| p.labels.clone());
+    let labels = platform.map_or_else(|| image.labels.clone(), |p| p.labels.to_btree());
     let mut container_config = config
         .config
         .clone()
@@ -356,7 +356,7 @@ pub fn inspect(
         variant: config
             .variant
             .clone()
-            .or_else(|| own.and_then(|p| p.variant.clone())),
+            .or_else(|| own.and_then(|p| p.variant.as_ref().map(|v| v.to_string()))),
         os: pick(&config.os, own.map(|p| &p.os)),
         os_version: config.os_version.clone(),
         size,

@@ -297,14 +297,14 @@ impl Image {
                 Some(p) => format!("{p}@{name}"),
                 None => name,
             },
-            docker_image_manifest_media_type: record.media_type.clone(),
+            docker_image_manifest_media_type: record.media_type.to_string(),
             docker_image_layers: record
                 .layers
                 .iter()
                 .map(|l| ImageLayer {
                     name: l.digest.to_string(),
                     size: l.size,
-                    media_type: l.media_type.clone(),
+                    media_type: l.media_type.to_string(),
                 })
                 .collect(),
             docker_image_manifests: record
@@ -312,19 +312,22 @@ impl Image {
                 .iter()
                 .map(|c| ImageManifest {
                     digest: c.digest.to_string(),
-                    media_type: c.media_type.clone(),
+                    media_type: c.media_type.to_string(),
                     manifest_size: c.size,
                     architecture: c
                         .platform
                         .as_ref()
-                        .map(|p| p.architecture.clone())
+                        .map(|p| p.architecture.to_string())
                         .unwrap_or_default(),
                     os: c
                         .platform
                         .as_ref()
-                        .map(|p| p.os.clone())
+                        .map(|p| p.os.to_string())
                         .unwrap_or_default(),
-                    variant: c.platform.as_ref().and_then(|p| p.variant.clone()),
+                    variant: c
+                        .platform
+                        .as_ref()
+                        .and_then(|p| p.variant.as_ref().map(|v| v.to_string())),
                 })
                 .collect(),
             docker_image_metadata: DockerImageMetadata {
@@ -332,11 +335,11 @@ impl Image {
                 api_version: "1.0".to_owned(),
                 id: record.config.as_ref().map(|c| c.digest.to_string()),
                 created: record.image_created.as_deref().map(normalise_created),
-                architecture: platform.map(|p| p.architecture.clone()),
-                os: platform.map(|p| p.os.clone()),
-                variant: platform.and_then(|p| p.variant.clone()),
+                architecture: platform.map(|p| p.architecture.to_string()),
+                os: platform.map(|p| p.os.to_string()),
+                variant: platform.and_then(|p| p.variant.as_ref().map(|v| v.to_string())),
                 config: (!record.labels.is_empty()).then(|| DockerConfig {
-                    labels: record.labels.clone(),
+                    labels: record.labels.to_btree(),
                 }),
                 size: record.image_size(),
             },
@@ -417,8 +420,7 @@ pub fn relabel_api_version(bytes: Vec<u8>, api_version: &str) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::digest::Digest;
-    use crate::store::{BlobRef, ChildRef, OCI_INDEX, OCI_MANIFEST, Platform};
-    use std::collections::BTreeSet;
+    use crate::store::{BlobRef, ChildRef, OCI_INDEX, OCI_MANIFEST, Platform, SmallSet, StrMap};
 
     fn d(c: char) -> Digest {
         format!("sha256:{}", c.to_string().repeat(64))
@@ -438,7 +440,7 @@ mod tests {
             digest: d(c),
             media_type: OCI_MANIFEST.into(),
             size: 500,
-            references: BTreeSet::from([
+            references: SmallSet::from([
                 repo("docker.io", "library/nginx"),
                 repo("quay.io", "mirror/nginx"),
             ]),
@@ -454,17 +456,18 @@ mod tests {
                 digest: d('e'),
                 size: 1000,
                 media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-            }],
-            children: vec![],
+            }]
+            .into(),
+            children: Box::new([]),
             subject: None,
             artifact_type: None,
-            annotations: BTreeMap::new(),
+            annotations: StrMap::new(),
             platform: Some(Platform {
                 os: "linux".into(),
                 architecture: "arm64".into(),
                 variant: Some("v8".into()),
             }),
-            labels: BTreeMap::from([("team".to_owned(), "a b".to_owned())]),
+            labels: BTreeMap::from([("team".to_owned(), "a b".to_owned())]).into(),
             image_created: Some("2024-01-01T00:00:00.5Z".into()),
         }
     }
@@ -538,12 +541,12 @@ mod tests {
         let mut r = record('b');
         r.media_type = OCI_INDEX.into();
         r.config = None;
-        r.layers.clear();
+        r.layers = Box::new([]);
         r.platform = None;
-        r.labels.clear();
+        r.labels = StrMap::new();
         r.image_created = None;
         r.last_pulled = None;
-        r.children = vec![ChildRef {
+        r.children = Box::new([ChildRef {
             digest: d('f'),
             size: 321,
             media_type: OCI_MANIFEST.into(),
@@ -552,7 +555,7 @@ mod tests {
                 architecture: "arm".into(),
                 variant: Some("v7".into()),
             }),
-        }];
+        }]);
         let img = Image::from_record(&r, &[], 1);
         assert_eq!(img.labels()[LABEL_TYPE], "index");
         assert_eq!(img.labels()[LABEL_TAGGED], "false");
