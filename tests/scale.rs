@@ -1179,11 +1179,13 @@ fn environment(manifests: usize, blobs: usize, busy_before: f64) -> String {
         "- imagecache {rev} ({build} build); sizes requested: {manifests} manifests, {blobs} blobs\n\
          - {cpu}, {cores} cores, {mem_total} RAM\n\
          - CPUs {:.0}% busy in the second before the start{skewed}; load average at the end: {}\n\
-         - the cache was just written, so its files are in the page cache (a warm start)\n",
+         - the cache was just written, so its files are in the page cache (a warm start)\n\
+         - MALLOC_ARENA_MAX={}\n",
         busy_before * 100.0,
         load.split_whitespace()
             .take(3)
             .collect::<Vec<_>>()
-            .join(" ")
+            .join(" "),
+        std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "unset (glibc default)".into())
     )
 }

@@ -121,3 +121,109 @@ pub fn json<T: Serialize + Send + 'static>(value: T) -> Response {
         serde_json::to_writer(w, &value).map_err(io::Error::other)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct Row {
+        n: usize,
+        name: String,
+    }
+
+    fn cells(r: &Row) -> Vec<String> {
+        vec![r.n.to_string(), r.name.clone()]
+    }
+
+    fn format(json: bool) -> Rows<Row> {
+        Rows {
+            json,
+            header: &["N", "NAME"],
+            cells,
+        }
+    }
+
+    fn make(n: usize) -> Row {
+        Row {
+            n,
+            name: format!("row-{n}-{}", "x".repeat(n % 7)),
+        }
+    }
+
+    async fn body(r: Response) -> Vec<u8> {
+        axum::body::to_bytes(r.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec()
+    }
+
+    #[tokio::test]
+    async fn many_chunks_of_json_rows_make_one_array() {
+        // About 30 bytes a row: several chunks.
+        let total = 30_000;
+        let r = rows(format(true), move |emit| {
+            (0..total).try_for_each(|n| emit(&make(n)))
+        });
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+        let bytes = body(r).await;
+        assert!(bytes.len() > 3 * CHUNK);
+        let back: Vec<Row> = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(back, (0..total).map(make).collect::<Vec<_>>());
+        let empty = body(rows(format(true), |_| Ok(()))).await;
+        assert_eq!(empty, b"[]");
+    }
+
+    #[tokio::test]
+    async fn text_rows_come_under_the_header() {
+        let r = rows(format(false), |emit| {
+            emit(&make(1))?;
+            emit(&Row {
+                n: 2,
+                name: String::new(),
+            })
+        });
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            "text/plain; charset=utf-8"
+        );
+        assert_eq!(body(r).await, b"N NAME\n1 row-1-x\n2 -\n");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_goes_away_stops_the_producer() {
+        use futures_util::StreamExt;
+        let emitted = Arc::new(AtomicUsize::new(0));
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let counter = emitted.clone();
+        let r = rows(format(true), move |emit| {
+            let result = (0..10_000_000).try_for_each(|n| {
+                counter.fetch_add(1, Ordering::Relaxed);
+                emit(&make(n))
+            });
+            let _ = done_tx.send(result.is_err());
+            result
+        });
+        let mut stream = r.into_body().into_data_stream();
+        assert!(stream.next().await.is_some());
+        drop(stream);
+        assert!(done_rx.await.unwrap(), "the producer saw the client go");
+        assert!(emitted.load(Ordering::Relaxed) < 10_000_000);
+    }
+
+    #[tokio::test]
+    async fn a_failing_producer_breaks_the_body() {
+        let r = rows(format(true), |emit| {
+            emit(&make(1))?;
+            Err(io::Error::other("disk gone"))
+        });
+        assert!(
+            axum::body::to_bytes(r.into_body(), usize::MAX)
+                .await
+                .is_err(),
+            "a cut listing must not look whole"
+        );
+    }
+}

@@ -1,13 +1,13 @@
 //! The pure prune planner: (inventory, request, now) -> plan. No I/O, no clock, no store.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::request::Compiled;
-use crate::digest::Digest;
+use crate::digest::{Digest, DigestMap, DigestSet};
 use crate::reference::{RepoPath, select_upstream};
 use crate::store::{BlobTable, ManifestRecord};
 
@@ -161,9 +161,9 @@ impl InUse {
 pub fn plan(inv: &Inventory, c: &Compiled, now: Timestamp) -> Plan {
     let mut order: Vec<&Entry> = inv.manifests.iter().collect();
     order.sort_by(|a, b| (a.last_used(), &a.record.digest).cmp(&(b.last_used(), &b.record.digest)));
-    let by_digest: HashMap<&Digest, &Entry> =
+    let by_digest: DigestMap<&Digest, &Entry> =
         order.iter().map(|e| (&e.record.digest, *e)).collect();
-    let mut parents: HashMap<&Digest, Vec<&Digest>> = HashMap::new();
+    let mut parents: DigestMap<&Digest, Vec<&Digest>> = DigestMap::default();
     for e in &order {
         for child in &e.record.children {
             if by_digest.contains_key(&child.digest) {
@@ -175,15 +175,15 @@ pub fn plan(inv: &Inventory, c: &Compiled, now: Timestamp) -> Plan {
         }
     }
     // Sized up front: growing these maps (rehashing every digest) dominated planning time.
-    let mut refs: HashMap<&Digest, u32> =
-        HashMap::with_capacity(inv.blob_sizes.len() + order.len());
+    let mut refs: DigestMap<&Digest, u32> =
+        DigestMap::with_capacity_and_hasher(inv.blob_sizes.len() + order.len(), Default::default());
     for e in &order {
         for d in e.record.blob_digests() {
             *refs.entry(d).or_default() += 1;
         }
     }
     // URLs are what patterns match and reports show; build each once.
-    let urls: HashMap<&Digest, Vec<String>> =
+    let urls: DigestMap<&Digest, Vec<String>> =
         order.iter().map(|e| (&e.record.digest, e.urls())).collect();
     let mut p = Planner {
         c,
@@ -201,8 +201,8 @@ pub fn plan(inv: &Inventory, c: &Compiled, now: Timestamp) -> Plan {
         parents,
         refs,
         out: Plan::default(),
-        decided: HashMap::with_capacity(order.len()),
-        pruned: HashSet::with_capacity(order.len()),
+        decided: DigestMap::with_capacity_and_hasher(order.len(), Default::default()),
+        pruned: DigestSet::with_capacity_and_hasher(order.len(), Default::default()),
         freed: 0,
         blobs: Vec::new(),
         roots: 0,
@@ -252,18 +252,18 @@ pub fn plan(inv: &Inventory, c: &Compiled, now: Timestamp) -> Plan {
 struct Planner<'a, F: Fn(std::time::Duration) -> Timestamp> {
     c: &'a Compiled,
     inv: &'a Inventory,
-    urls: &'a HashMap<&'a Digest, Vec<String>>,
+    urls: &'a DigestMap<&'a Digest, Vec<String>>,
     /// now minus a duration, saturating.
     since: F,
-    in_use: HashSet<Digest>,
-    kept_by_rank: HashSet<Digest>,
-    by_digest: HashMap<&'a Digest, &'a Entry>,
-    parents: HashMap<&'a Digest, Vec<&'a Digest>>,
+    in_use: DigestSet<Digest>,
+    kept_by_rank: DigestSet<Digest>,
+    by_digest: DigestMap<&'a Digest, &'a Entry>,
+    parents: DigestMap<&'a Digest, Vec<&'a Digest>>,
     /// Blob -> references from manifests not (yet) pruned.
-    refs: HashMap<&'a Digest, u32>,
+    refs: DigestMap<&'a Digest, u32>,
     out: Plan,
-    decided: HashMap<&'a Digest, usize>,
-    pruned: HashSet<&'a Digest>,
+    decided: DigestMap<&'a Digest, usize>,
+    pruned: DigestSet<&'a Digest>,
     freed: u64,
     blobs: Vec<&'a Digest>,
     roots: usize,
@@ -441,8 +441,8 @@ impl<'a, F: Fn(std::time::Duration) -> Timestamp> Planner<'a, F> {
 
 fn has_tagged_parent(
     e: &Entry,
-    parents: &HashMap<&Digest, Vec<&Digest>>,
-    by_digest: &HashMap<&Digest, &Entry>,
+    parents: &DigestMap<&Digest, Vec<&Digest>>,
+    by_digest: &DigestMap<&Digest, &Entry>,
 ) -> bool {
     parents.get(&e.record.digest).is_some_and(|ps| {
         ps.iter()
@@ -454,10 +454,10 @@ fn has_tagged_parent(
 /// child keeps its indexes (the kubelet resolves the tag through them).
 fn in_use_set<'a>(
     order: &[&'a Entry],
-    parents: &HashMap<&'a Digest, Vec<&'a Digest>>,
+    parents: &DigestMap<&'a Digest, Vec<&'a Digest>>,
     refs: &InUse,
-) -> HashSet<Digest> {
-    let mut set: HashSet<Digest> = order
+) -> DigestSet<Digest> {
+    let mut set: DigestSet<Digest> = order
         .iter()
         .filter(|e| {
             refs.digests.contains(&e.record.digest)
@@ -486,8 +486,10 @@ fn in_use_set<'a>(
 }
 
 /// The N most recently pulled manifests of each repository.
-fn most_recently_pulled(order: &[&Entry], n: Option<u32>) -> HashSet<Digest> {
-    let Some(n) = n else { return HashSet::new() };
+fn most_recently_pulled(order: &[&Entry], n: Option<u32>) -> DigestSet<Digest> {
+    let Some(n) = n else {
+        return DigestSet::default();
+    };
     let mut by_repo: BTreeMap<&RepoPath, Vec<&Entry>> = BTreeMap::new();
     for e in order {
         // Children are pulled with their index; ranking roots only keeps N images, not N
@@ -496,7 +498,7 @@ fn most_recently_pulled(order: &[&Entry], n: Option<u32>) -> HashSet<Digest> {
             by_repo.entry(r).or_default().push(e);
         }
     }
-    let mut keep = HashSet::new();
+    let mut keep = DigestSet::default();
     for entries in by_repo.values() {
         // `order` is least recently pulled first, so the newest are at the end.
         for e in entries

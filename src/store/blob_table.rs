@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::digest::Digest;
+use crate::digest::{Digest, DigestMap};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Entry {
@@ -15,7 +15,7 @@ struct Entry {
 
 #[derive(Clone, Debug, Default)]
 pub struct BlobTable {
-    entries: HashMap<Digest, Entry>,
+    entries: DigestMap<Digest, Entry>,
     cached: usize,
     bytes: u64,
 }
@@ -23,7 +23,7 @@ pub struct BlobTable {
 impl BlobTable {
     pub fn with_capacity(n: usize) -> BlobTable {
         BlobTable {
-            entries: HashMap::with_capacity(n),
+            entries: DigestMap::with_capacity_and_hasher(n, Default::default()),
             ..BlobTable::default()
         }
     }

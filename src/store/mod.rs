@@ -35,7 +35,7 @@ pub use record::{
     parse_manifest,
 };
 
-use crate::digest::Digest;
+use crate::digest::{Digest, DigestMap};
 use crate::reference::RepoPath;
 
 /// Manifest bytes kept in memory so hot manifests are served without touching the disk.
@@ -162,7 +162,7 @@ pub struct ManifestContent {
 /// map once per snapshot.
 #[derive(Default)]
 struct Index {
-    manifests: HashMap<Digest, Arc<ManifestRecord>>,
+    manifests: DigestMap<Digest, Arc<ManifestRecord>>,
     /// Cached blobs with their sizes, and references from cached manifests.
     blobs: Arc<BlobTable>,
     tags: BTreeMap<RepoPath, BTreeMap<String, TagEntry>>,
@@ -989,7 +989,7 @@ impl Store {
             records.truncate(n);
         }
         records.sort_unstable_by(|a, b| a.digest.cmp(&b.digest));
-        let at: HashMap<&Digest, usize> = records
+        let at: DigestMap<&Digest, usize> = records
             .iter()
             .enumerate()
             .map(|(i, r)| (&r.digest, i))
@@ -1015,7 +1015,7 @@ impl Store {
     /// A consistent view of every manifest, its tags, and the cached blobs.
     pub fn snapshot(&self) -> Snapshot {
         let ix = self.read();
-        let mut tags: HashMap<Digest, Vec<(RepoPath, String)>> = HashMap::new();
+        let mut tags: DigestMap<Digest, Vec<(RepoPath, String)>> = DigestMap::default();
         for (repo, ts) in &ix.tags {
             for (t, e) in ts {
                 tags.entry(e.digest.clone())
