@@ -23,14 +23,14 @@ use serde_json::{Value, json};
 
 use support::ImageCache;
 use support::http::{client, send, send_body};
+use support::image::SplitMix;
+use support::proc;
 
 const LOAD_TARGET_S: f64 = 2.0;
 const RSS_TARGET_MIB: f64 = 200.0;
 const PLAN_TARGET_S: f64 = 1.0;
 const PAGE: usize = 500;
 const MIB: f64 = 1024.0 * 1024.0;
-/// Share of busy CPU before the start above which the report warns that figures are skewed.
-const BUSY_WARN: f64 = 0.25;
 
 #[test]
 #[ignore = "scale run; run bench/scale"]
@@ -38,13 +38,7 @@ fn scale_100k_manifests() {
     if cfg!(debug_assertions) {
         eprintln!("WARNING: debug build; run bench/scale (cargo test --release) for real figures");
     }
-    let busy_before = cpu_busy(std::time::Duration::from_secs(1));
-    if busy_before > BUSY_WARN {
-        eprintln!(
-            "WARNING: CPUs {:.0}% busy before the start: other work on this machine inflates wall times (CPU times are less affected)",
-            busy_before * 100.0
-        );
-    }
+    let busy_before = proc::busy_before_start();
     let manifests = env_count("IMAGECACHE_SCALE_MANIFESTS", 100_000);
     let blobs = env_count("IMAGECACHE_SCALE_BLOBS", manifests * 3);
     let out_dir = target_dir().join("scale");
@@ -478,27 +472,6 @@ const PLATFORMS: [(&str, &str, Option<&str>); 4] = [
 /// Base OS layers per platform, at the front of the layer pool.
 const BASES_PER_PLATFORM: usize = 25;
 
-/// SplitMix64: deterministic, so two runs generate the same cache.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
-    }
-}
-
 /// One pulled image: a single manifest, or an index and its per-platform children.
 struct Item {
     repo: usize,
@@ -556,7 +529,7 @@ fn layer_size(i: usize) -> usize {
 /// A layer's content: unique per pool index, a few bytes to 2 KiB.
 fn layer_content(i: usize) -> Vec<u8> {
     let mut out = format!("scale layer {i}\n").into_bytes();
-    let mut rng = Rng(i as u64);
+    let mut rng = SplitMix(i as u64);
     while out.len() < layer_size(i) {
         out.extend_from_slice(&rng.next().to_le_bytes());
     }
@@ -568,14 +541,14 @@ fn layer_content(i: usize) -> Vec<u8> {
 /// indexes, a third Docker schema2, lastPulled over 90 days, most images tagged.
 fn plan(manifests: usize) -> (Vec<Item>, usize) {
     let repos = (manifests / 100).clamp(10, 1000);
-    let mut rng = Rng(7);
+    let mut rng = SplitMix(7);
     let now = Timestamp::now();
     let day = 86_400i64;
     let mut items = Vec::new();
     let mut count = 0;
     while count < manifests {
         let left = manifests - count;
-        let u = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+        let u = rng.unit();
         let repo = ((u * u) * repos as f64) as usize % repos;
         let index = left >= 3 && repo != 0 && rng.chance(0.08);
         let platforms: Vec<usize> = if index {
@@ -641,7 +614,7 @@ fn plan(manifests: usize) -> (Vec<Item>, usize) {
 fn assign_layers(items: &mut [Item], pool: usize) {
     let bases = (BASES_PER_PLATFORM * PLATFORMS.len()).min(pool / 2);
     let shared = pool - bases;
-    let mut rng = Rng(11);
+    let mut rng = SplitMix(11);
     let mut cursor = 0;
     for it in items.iter_mut() {
         for &p in &it.platforms.clone() {
@@ -722,24 +695,17 @@ fn write_item(root: &Path, it: &Item, layers: &[Blob]) -> Written {
         let digest = Digest::sha256_of(bytes);
         let parsed = store::parse_manifest(bytes, Some(media_type)).unwrap();
         let info = config.map(store::parse_config).unwrap_or_default();
-        ManifestRecord {
+        let mut r = ManifestRecord::new(
             digest,
-            media_type: parsed.media_type,
-            size: bytes.len() as u64,
-            references: references.clone().into(),
-            created: it.created,
-            last_pulled: it.last_pulled,
-            pull_count: it.pull_count,
-            config: parsed.config,
-            layers: parsed.layers,
-            children: parsed.children,
-            subject: parsed.subject,
-            artifact_type: parsed.artifact_type,
-            annotations: parsed.annotations,
-            platform: info.platform,
-            labels: info.labels,
-            image_created: info.created,
-        }
+            bytes.len() as u64,
+            parsed,
+            references.clone().into(),
+            it.created,
+        );
+        r.apply_config(&info);
+        r.last_pulled = it.last_pulled;
+        r.pull_count = it.pull_count;
+        r
     };
     let mut w = Written {
         top: Digest::sha256_of(b""),
@@ -836,21 +802,9 @@ fn generate(root: &Path, manifests: usize, blobs: usize) -> Generated {
         .map_or(2, |n| n.get())
         .max(2);
 
-    let layers: Vec<Blob> = std::thread::scope(|s| {
-        let chunk = pool.div_ceil(threads);
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                s.spawn(move || {
-                    (t * chunk..((t + 1) * chunk).min(pool))
-                        .map(|i| write_blob(root, &layer_content(i)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
+    let indexes_of_pool: Vec<usize> = (0..pool).collect();
+    let layers: Vec<Blob> = par_map(&indexes_of_pool, threads, |&i| {
+        write_blob(root, &layer_content(i))
     });
     let mut g = Generated {
         manifests: images + indexes,
@@ -866,24 +820,7 @@ fn generate(root: &Path, manifests: usize, blobs: usize) -> Generated {
             .sum(),
         ..Default::default()
     };
-    let written: Vec<Written> = std::thread::scope(|s| {
-        let chunk = items.len().div_ceil(threads);
-        let handles: Vec<_> = items
-            .chunks(chunk)
-            .map(|part| {
-                let layers = &layers;
-                s.spawn(move || {
-                    part.iter()
-                        .map(|it| write_item(root, it, layers))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
-    });
+    let written: Vec<Written> = par_map(&items, threads, |it| write_item(root, it, &layers));
     let mut tags: BTreeMap<RepoPath, BTreeMap<String, TagEntry>> = BTreeMap::new();
     for (it, w) in items.iter().zip(&written) {
         g.blobs += w.blobs;
@@ -904,6 +841,22 @@ fn generate(root: &Path, manifests: usize, blobs: usize) -> Generated {
         fs::write(store::tag_path(root, &repo), store::encode_tags(&repo, t)).unwrap();
     }
     g
+}
+
+/// `f` over `items` on `threads` threads, the results in order.
+fn par_map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let chunk = items.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let f = &f;
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| s.spawn(move || part.iter().map(f).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    })
 }
 
 // ---- measuring -------------------------------------------------------------------------
@@ -996,41 +949,16 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
-/// User + system CPU seconds of one process (`/proc/PID/stat` fields 14 and 15): unlike wall
-/// time, barely affected by other work on the machine.
+/// User + system CPU seconds of the server: unlike wall time, barely affected by other work
+/// on the machine.
 fn cpu_secs(pid: u32) -> f64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let (_, rest) = stat.rsplit_once(')').unwrap();
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .skip(1)
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    (f[10] + f[11]) as f64 / clock_ticks()
-}
-
-/// `getconf CLK_TCK`, the unit of `/proc/PID/stat` times.
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
+    proc::cpu_secs(pid).expect("the server is running")
 }
 
 /// (VmRSS, VmHWM) in KiB.
 fn memory(pid: u32) -> (u64, u64) {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    let kib = |field| proc::status_kib(pid, field).expect("the server is running");
+    (kib("VmRSS"), kib("VmHWM"))
 }
 
 fn percent_encode(s: &str) -> String {
@@ -1112,76 +1040,23 @@ impl Report {
     }
 }
 
-/// Share of all CPUs' time spent busy (not idle or waiting for I/O) during `window`.
-fn cpu_busy(window: std::time::Duration) -> f64 {
-    let sample = || -> (u64, u64) {
-        let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
-        let v: Vec<u64> = stat
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        let total = v.iter().take(8).sum();
-        let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-        (total, idle)
-    };
-    let (t0, i0) = sample();
-    std::thread::sleep(window);
-    let (t1, i1) = sample();
-    let total = t1.saturating_sub(t0);
-    if total == 0 {
-        return 0.0;
-    }
-    1.0 - i1.saturating_sub(i0) as f64 / total as f64
-}
-
 fn environment(manifests: usize, blobs: usize, busy_before: f64) -> String {
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mem_total = fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().to_owned()))
         .unwrap_or_default();
-    let rev = Command::new("git")
-        .args([
-            "-C",
-            env!("CARGO_MANIFEST_DIR"),
-            "describe",
-            "--always",
-            "--dirty",
-        ])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
     let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let build = if cfg!(debug_assertions) {
-        "DEBUG"
-    } else {
-        "release"
-    };
-    let skewed = if busy_before > BUSY_WARN {
-        " (other work was running: wall times are inflated; CPU times much less)"
-    } else {
-        ""
-    };
     format!(
-        "- imagecache {rev} ({build} build); sizes requested: {manifests} manifests, {blobs} blobs\n\
-         - {cpu}, {cores} cores, {mem_total} RAM\n\
-         - CPUs {:.0}% busy in the second before the start{skewed}; load average at the end: {}\n\
+        "- imagecache {}; sizes requested: {manifests} manifests, {blobs} blobs\n\
+         - {}, {} cores, {mem_total} RAM\n\
+         - {}; load average at the end: {}\n\
          - the cache was just written, so its files are in the page cache (a warm start)\n\
          - MALLOC_ARENA_MAX={}\n",
-        busy_before * 100.0,
+        proc::imagecache_build(),
+        proc::cpu_model(),
+        proc::cores(),
+        proc::busy_note(busy_before),
         load.split_whitespace()
             .take(3)
             .collect::<Vec<_>>()

@@ -416,7 +416,7 @@ impl Store {
             let updated = {
                 let mut ix = self.write();
                 let updated = ix.manifests.get_mut(&m).map(|r| {
-                    apply_config(Arc::make_mut(r), &info);
+                    Arc::make_mut(r).apply_config(&info);
                     r.clone()
                 });
                 if updated.is_some() {
@@ -452,29 +452,18 @@ impl Store {
             None => {
                 let parsed = parse_manifest(bytes, content_type)?;
                 self.put_blob(digest, bytes)?;
-                let mut r = ManifestRecord {
-                    digest: digest.clone(),
-                    media_type: parsed.media_type,
-                    size: bytes.len() as u64,
-                    references: SmallSet::from([repo.clone()]),
-                    created: now,
-                    last_pulled: None,
-                    pull_count: 0,
-                    config: parsed.config,
-                    layers: parsed.layers,
-                    children: parsed.children,
-                    subject: parsed.subject,
-                    artifact_type: parsed.artifact_type,
-                    annotations: parsed.annotations,
-                    platform: None,
-                    labels: StrMap::new(),
-                    image_created: None,
-                };
+                let mut r = ManifestRecord::new(
+                    digest.clone(),
+                    bytes.len() as u64,
+                    parsed,
+                    SmallSet::from([repo.clone()]),
+                    now,
+                );
                 if let Some(c) = &r.config
                     && self.blob_size(&c.digest).is_some()
                     && let Ok(b) = fs::read(self.blob_path(&c.digest))
                 {
-                    apply_config(&mut r, &parse_config(&b));
+                    r.apply_config(&parse_config(&b));
                 }
                 self.write_record(&r)?;
                 (r, true, false)
@@ -1045,12 +1034,6 @@ impl Store {
             &encode_record(r),
         )
     }
-}
-
-fn apply_config(r: &mut ManifestRecord, info: &ConfigInfo) {
-    r.platform = info.platform.clone();
-    r.labels = info.labels.clone();
-    r.image_created = info.created.clone();
 }
 
 fn remove_file_if_exists(p: &Path) -> Result<(), StoreError> {

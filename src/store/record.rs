@@ -93,6 +93,42 @@ pub struct ManifestRecord {
 }
 
 impl ManifestRecord {
+    /// A manifest first cached at `created` through `references`: what its bytes say. Its
+    /// platform, labels and creation time come from its config ([`ManifestRecord::apply_config`]).
+    pub fn new(
+        digest: Digest,
+        size: u64,
+        parsed: ParsedManifest,
+        references: SmallSet<RepoPath>,
+        created: Timestamp,
+    ) -> ManifestRecord {
+        ManifestRecord {
+            digest,
+            media_type: parsed.media_type,
+            size,
+            references,
+            created,
+            last_pulled: None,
+            pull_count: 0,
+            config: parsed.config,
+            layers: parsed.layers,
+            children: parsed.children,
+            subject: parsed.subject,
+            artifact_type: parsed.artifact_type,
+            annotations: parsed.annotations,
+            platform: None,
+            labels: StrMap::new(),
+            image_created: None,
+        }
+    }
+
+    /// What the image config says: platform, labels, creation time.
+    pub fn apply_config(&mut self, info: &ConfigInfo) {
+        self.platform = info.platform.clone();
+        self.labels = info.labels.clone();
+        self.image_created = info.created.clone();
+    }
+
     pub fn is_index(&self) -> bool {
         !self.children.is_empty() || is_index_media_type(&self.media_type)
     }
