@@ -125,16 +125,15 @@ pub fn blobs(
     refs: Vec<(Digest, u64, u32)>,
     substr: Option<&str>,
     count: Option<usize>,
-) -> Vec<BlobRow> {
+) -> impl Iterator<Item = BlobRow> + '_ {
     refs.into_iter()
-        .filter(|(d, _, _)| substr.is_none_or(|s| d.to_string().contains(s)))
+        .filter(move |(d, _, _)| substr.is_none_or(|s| d.to_string().contains(s)))
         .take(count.unwrap_or(usize::MAX))
         .map(|(digest, size, ref_count)| BlobRow {
             digest,
             size,
             ref_count,
         })
-        .collect()
 }
 
 /// `sha256:` and the first 12 hex digits, wherever a digest appears in `s`.

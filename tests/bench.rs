@@ -54,9 +54,7 @@ struct BenchImage {
 #[test]
 #[ignore = "benchmark; run bench/run"]
 fn bench_against_distribution_proxy_and_nginx() {
-    if cfg!(debug_assertions) {
-        eprintln!("WARNING: debug build; run bench/run (cargo test --release) for real figures");
-    }
+    proc::warn_if_debug_build("bench/run");
     let started = Instant::now();
     let busy_before = busy_before_start();
     let tmp = tempfile::Builder::new().prefix("bench-").tempdir().unwrap();

@@ -70,11 +70,9 @@ fn synthetic(n: usize) -> Inventory {
             }
         })
         .collect();
-    let used_bytes = blob_sizes.values().sum();
     Inventory {
         manifests,
         blob_sizes: std::sync::Arc::new(blob_sizes.into()),
-        used_bytes,
         volume: Some(Volume {
             total: u64::MAX / 2,
             free: u64::MAX / 4,
@@ -110,7 +108,7 @@ fn plan_100k_manifests() {
         (
             "capacity: maxUsedSpace 50%",
             PruneRequest {
-                max_used_space: Some(format!("{}", inv.used_bytes / 2)),
+                max_used_space: Some(format!("{}", inv.used_bytes() / 2)),
                 count: Some(-1),
                 max_deletion_ratio: Some(1.0),
                 ..Default::default()

@@ -35,9 +35,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 #[test]
 #[ignore = "scale run; run bench/scale"]
 fn scale_100k_manifests() {
-    if cfg!(debug_assertions) {
-        eprintln!("WARNING: debug build; run bench/scale (cargo test --release) for real figures");
-    }
+    proc::warn_if_debug_build("bench/scale");
     let busy_before = proc::busy_before_start();
     let manifests = env_count("IMAGECACHE_SCALE_MANIFESTS", 100_000);
     let blobs = env_count("IMAGECACHE_SCALE_BLOBS", manifests * 3);

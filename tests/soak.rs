@@ -141,9 +141,7 @@ struct SoakImage {
 #[test]
 #[ignore = "soak run; use bench/soak"]
 fn soak_mixed_load_prune_and_watchers() {
-    if cfg!(debug_assertions) {
-        eprintln!("WARNING: debug build; run bench/soak (cargo test --release) for real figures");
-    }
+    proc::warn_if_debug_build("bench/soak");
     let settings = Settings::from_env();
     eprintln!(
         "soak: {:.0}s settle + {:.1} min, sample every {:.0}s, {} clients, prune every {:.0}s, \

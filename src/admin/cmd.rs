@@ -112,20 +112,6 @@ fn patterns(q: &HashMap<String, String>, key: &str, json: bool) -> Result<Vec<Re
         .collect()
 }
 
-/// JSON rows, or columns under `header`.
-fn rows<R: serde::Serialize>(
-    json: bool,
-    rows: Vec<R>,
-    header: &[&str],
-    cells: fn(&R) -> Vec<String>,
-) -> Response {
-    if json {
-        return axum::Json(rows).into_response();
-    }
-    let cells: Vec<_> = rows.iter().map(cells).collect();
-    text(listing::columns(Some(header), &cells, false))
-}
-
 fn text(body: String) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }
@@ -174,12 +160,16 @@ async fn blob_list(
     let json = wants_json(&q);
     let svc = service(&state, json)?;
     let n = count(&q, json)?;
-    let substr = q
-        .get("substr")
-        .map(String::as_str)
-        .filter(|s| !s.is_empty());
-    let found = listing::blobs(svc.store().blob_refs(), substr, n);
-    Ok(rows(json, found, listing::BLOB_HEADER, listing::blob_cells))
+    let substr = q.get("substr").filter(|s| !s.is_empty()).cloned();
+    let refs = svc.store().blob_refs();
+    let format = Rows {
+        json,
+        header: listing::BLOB_HEADER,
+        cells: listing::blob_cells,
+    };
+    Ok(stream::rows(format, move |emit| {
+        listing::blobs(refs, substr.as_deref(), n).try_for_each(|row| emit(&row))
+    }))
 }
 
 /// The seed's query parameters as a prune request.

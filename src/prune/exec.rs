@@ -56,7 +56,6 @@ pub fn inventory(store: &Store) -> Inventory {
             .map(|(record, tags)| Entry { record, tags })
             .collect(),
         blob_sizes: snap.blobs,
-        used_bytes: snap.bytes,
         volume,
     }
 }

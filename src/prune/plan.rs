@@ -59,9 +59,14 @@ pub struct Volume {
 pub struct Inventory {
     pub manifests: Vec<Entry>,
     pub blob_sizes: Arc<BlobTable>,
-    /// Bytes of every cached blob.
-    pub used_bytes: u64,
     pub volume: Option<Volume>,
+}
+
+impl Inventory {
+    /// Bytes of every cached blob.
+    pub fn used_bytes(&self) -> u64 {
+        self.blob_sizes.bytes()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -421,7 +426,7 @@ impl<'a, F: Fn(std::time::Duration) -> Timestamp> Planner<'a, F> {
         };
         let inv = self.inv;
         let share = (out.totals.manifests as f64 / inv.manifests.len().max(1) as f64)
-            .max(out.totals.bytes as f64 / inv.used_bytes.max(1) as f64);
+            .max(out.totals.bytes as f64 / inv.used_bytes().max(1) as f64);
         if out.totals.manifests > 0 && share > self.c.max_deletion_ratio {
             out.refused = Some(format!(
                 "refused: this run would delete {:.0}% of the cache ({} of {} manifests, {} bytes), more than maxDeletionRatio {:.0}%; narrow the request or raise maxDeletionRatio",
@@ -519,7 +524,7 @@ fn capacity_need(inv: &Inventory, c: &Compiled) -> u64 {
     let total = inv.volume.map_or(0, |v| v.total);
     let over_max = c
         .max_used_space
-        .map_or(0, |q| inv.used_bytes.saturating_sub(q.bytes_of(total)));
+        .map_or(0, |q| inv.used_bytes().saturating_sub(q.bytes_of(total)));
     let under_free = match (c.min_free_space, inv.volume) {
         (Some(q), Some(v)) => q.bytes_of(total).saturating_sub(v.free),
         _ => 0,

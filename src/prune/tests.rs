@@ -133,11 +133,9 @@ impl Inv {
                 blob_sizes.insert(b.digest.clone(), b.size);
             }
         }
-        let used_bytes = blob_sizes.values().sum();
         Inventory {
             manifests: self.entries.clone(),
             blob_sizes: std::sync::Arc::new(blob_sizes.into()),
-            used_bytes,
             volume: Some(Volume {
                 total: 100_000,
                 free: 50_000,
@@ -423,7 +421,7 @@ fn capacity_evicts_lru_past_keep_rules_but_not_protections() {
     let kept = inv.image("kept", "r/kept", Some("1"), &[("k", 4000)], 40, Some(40));
     let old = inv.image("old", "r/old", Some("1"), &[("o", 4000)], 40, Some(30));
     let _new = inv.image("new", "r/new", Some("1"), &[("n", 4000)], 40, Some(1));
-    let total = inv.build().used_bytes;
+    let total = inv.build().used_bytes();
     let p = plan(
         &inv.build(),
         &request(|r| {

@@ -101,7 +101,8 @@ impl Atom {
     }
 
     /// Whether this is a shared well-known string.
-    pub fn is_well_known(&self) -> bool {
+    #[cfg(test)]
+    fn is_well_known(&self) -> bool {
         WELL_KNOWN
             .binary_search(&self.as_str())
             .is_ok_and(|i| Arc::ptr_eq(&KNOWN[i], &self.0))
@@ -117,12 +118,6 @@ impl Default for Atom {
 impl Deref for Atom {
     type Target = str;
     fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl AsRef<str> for Atom {
-    fn as_ref(&self) -> &str {
         self.as_str()
     }
 }
@@ -145,18 +140,6 @@ impl From<String> for Atom {
     }
 }
 
-impl From<&String> for Atom {
-    fn from(s: &String) -> Atom {
-        Atom::new(s)
-    }
-}
-
-impl From<Atom> for String {
-    fn from(a: Atom) -> String {
-        a.as_str().to_owned()
-    }
-}
-
 impl PartialEq for Atom {
     fn eq(&self, other: &Atom) -> bool {
         self.as_str() == other.as_str()
@@ -165,33 +148,9 @@ impl PartialEq for Atom {
 
 impl Eq for Atom {}
 
-impl PartialEq<str> for Atom {
-    fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
-    }
-}
-
 impl PartialEq<&str> for Atom {
     fn eq(&self, other: &&str) -> bool {
         self.as_str() == *other
-    }
-}
-
-impl PartialEq<String> for Atom {
-    fn eq(&self, other: &String) -> bool {
-        self.as_str() == other
-    }
-}
-
-impl PartialEq<Atom> for &str {
-    fn eq(&self, other: &Atom) -> bool {
-        *self == other.as_str()
-    }
-}
-
-impl PartialEq<Atom> for str {
-    fn eq(&self, other: &Atom) -> bool {
-        self == other.as_str()
     }
 }
 
@@ -273,10 +232,6 @@ impl StrMap {
         self.0.iter().map(|(k, v)| (k.as_str(), &**v))
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|(k, _)| k.as_str())
-    }
-
     pub fn len(&self) -> usize {
         self.0.len()
     }
@@ -308,12 +263,6 @@ impl<K: Into<Atom>, V: Into<Box<str>>> FromIterator<(K, V)> for StrMap {
 
 impl From<BTreeMap<String, String>> for StrMap {
     fn from(m: BTreeMap<String, String>) -> StrMap {
-        m.into_iter().collect()
-    }
-}
-
-impl From<std::collections::HashMap<String, String>> for StrMap {
-    fn from(m: std::collections::HashMap<String, String>) -> StrMap {
         m.into_iter().collect()
     }
 }
@@ -387,19 +336,6 @@ impl<T: Ord + Clone> SmallSet<T> {
         }
     }
 
-    /// Whether the item was there.
-    pub fn remove(&mut self, item: &T) -> bool {
-        match self.0.binary_search(item) {
-            Ok(at) => {
-                let mut v = std::mem::take(&mut self.0).into_vec();
-                v.remove(at);
-                self.0 = v.into_boxed_slice();
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
     pub fn clear(&mut self) {
         self.0 = Box::new([]);
     }
@@ -409,10 +345,6 @@ impl<T> SmallSet<T> {
     /// Items in order.
     pub fn iter(&self) -> std::slice::Iter<'_, T> {
         self.0.iter()
-    }
-
-    pub fn first(&self) -> Option<&T> {
-        self.0.first()
     }
 
     pub fn len(&self) -> usize {
@@ -528,7 +460,10 @@ mod tests {
         );
         assert_eq!(m.get("maintainer"), Some("me"));
         assert_eq!(m.get("b"), None);
-        assert_eq!(m.keys().collect::<Vec<_>>(), ["a", "maintainer", "z"]);
+        assert_eq!(
+            m.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            ["a", "maintainer", "z"]
+        );
         assert!(StrMap::new().is_empty());
     }
 
@@ -548,12 +483,10 @@ mod tests {
         assert!(!s.insert(2));
         assert!(s.insert(0));
         assert!(s.contains(&0));
-        assert!(s.remove(&1));
-        assert!(!s.remove(&1));
-        assert_eq!(s.iter().copied().collect::<Vec<_>>(), [0, 2, 3]);
+        assert_eq!(s.iter().copied().collect::<Vec<_>>(), [0, 1, 2, 3]);
         let json = serde_json::to_string(&s).unwrap();
-        let back: SmallSet<i32> = serde_json::from_str("[3,0,2,2]").unwrap();
-        assert_eq!(json, "[0,2,3]");
+        let back: SmallSet<i32> = serde_json::from_str("[3,0,1,2,2]").unwrap();
+        assert_eq!(json, "[0,1,2,3]");
         assert_eq!(back, s);
         s.clear();
         assert!(s.is_empty());

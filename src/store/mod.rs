@@ -137,7 +137,6 @@ pub struct Snapshot {
     pub revision: u64,
     pub manifests: Vec<TaggedRecord>,
     pub blobs: Arc<BlobTable>,
-    pub bytes: u64,
 }
 
 /// One page of manifests in digest order (see [`Store::page`]).
@@ -1023,7 +1022,6 @@ impl Store {
                 })
                 .collect(),
             blobs: ix.blobs.clone(),
-            bytes: ix.blobs.bytes(),
         }
     }
 

@@ -141,6 +141,13 @@ pub fn cpu_model() -> String {
         .unwrap_or_default()
 }
 
+/// Warns when a measurement runs from a debug build: `script` is the one that builds release.
+pub fn warn_if_debug_build(script: &str) {
+    if cfg!(debug_assertions) {
+        eprintln!("WARNING: debug build; run {script} (cargo test --release) for real figures");
+    }
+}
+
 /// Share of busy CPU before a measurement above which its figures are marked as skewed.
 pub const BUSY_WARN: f64 = 0.15;
 

@@ -172,13 +172,11 @@ pub fn fixture() -> (Snapshot, Fixture) {
             }
         }
     }
-    let bytes = blobs.values().sum();
     (
         Snapshot {
             revision: 1,
             manifests: manifests.into_iter().map(|(r, t)| (r.into(), t)).collect(),
             blobs: std::sync::Arc::new(blobs.into()),
-            bytes,
         },
         ids,
     )
