@@ -191,6 +191,56 @@ fn five_field_crons_are_accepted() {
     }
 }
 
+const CRON_VALUES: &str = "schedule has a field out of range or malformed: minute 0-59, hour 0-23, day of month 1-31, month 1-12 or JAN-DEC, day of week 0-7 or SUN-SAT; each field *, a value, a range a-b, a step */n or a-b/n, or a list of these";
+
+#[test]
+fn cron_fields_out_of_range_are_refused_and_the_rule_agrees_with_the_parser() {
+    let crd = prune_policies();
+    for good in [
+        "59 23 31 12 6",
+        "0 3 * * 7",
+        "0-30/5 1-23/2 1-31 1-12 0-7",
+        "0 0 1 jan,jul sun-sat",
+        "0 0 L * *",
+        "0 0 15W * *",
+        "0 0 ? * 5L",
+        "0 0 ? * 1#2",
+        "*/15 10-20/5 * * *",
+        "00 03 01 01 *",
+    ] {
+        accepted(&crd.create(&with(nightly(), "/spec/schedule", json!(good))));
+        imagecache::schedule::Schedule::cron(good, None).unwrap_or_else(|e| {
+            panic!("the apiserver lets {good:?} through, the operator refuses it: {e}")
+        });
+    }
+    for bad in [
+        "60 * * * *",
+        "* 24 * * *",
+        "* * 0 * *",
+        "* * 32 * *",
+        "* * * 13 *",
+        "* * * 0 *",
+        "* * * * 8",
+        "*/x * * * *",
+        "1- * * * *",
+        "* * * FOO *",
+        "L * * * *",
+        "5/15 * * * *",
+        "* * * * 1W",
+        "* * 1#2 * *",
+    ] {
+        let v = crd.create(&with(nightly(), "/spec/schedule", json!(bad)));
+        refused_by_cel(&v, "spec.schedule", CRON_VALUES);
+        assert!(
+            imagecache::schedule::Schedule::cron(bad, None).is_err(),
+            "the apiserver refuses {bad:?}, which the operator would run"
+        );
+    }
+    // Stricter than the parser, which reads an empty list item as nothing.
+    let v = crd.create(&with(nightly(), "/spec/schedule", json!("1,,2 * * * *")));
+    refused_by_cel(&v, "spec.schedule", CRON_VALUES);
+}
+
 #[test]
 fn cron_with_foreign_characters_is_refused_by_the_pattern() {
     let crd = prune_policies();
@@ -199,7 +249,15 @@ fn cron_with_foreign_characters_is_refused_by_the_pattern() {
         "/spec/schedule",
         json!("0 3 * * 1;reboot"),
     ));
-    refused_by_schema(&v, "spec.schedule", "pattern");
+    // The pattern refuses it, and so does the rule on the fields' values.
+    let by: Vec<_> = v
+        .refusals
+        .iter()
+        .map(|r| (r.field.as_str(), &r.by))
+        .collect();
+    assert_eq!(by.len(), 2, "{:#?}", v.refusals);
+    assert_eq!(by[0], ("spec.schedule", &By::Schema("pattern".into())));
+    assert_eq!(v.refusals[1].message, CRON_VALUES);
     let v = crd.create(&with(nightly(), "/spec/schedule", json!(3)));
     refused_by_schema(&v, "spec.schedule", "type");
 }
@@ -419,6 +477,42 @@ spec:
     limits: {memory: 1Gi}
 "#,
     )
+}
+
+const NAME_LENGTH: &str = "metadata.name must be at most 52 characters: the registry Pods are named <name>-<ordinal> and carry a <name>-<revision> label, which must fit in 63";
+const NAME_LABEL: &str = "metadata.name must be a DNS label (lowercase letters, digits and '-', no '.') that starts with a letter: it names the cache's Services";
+const STORAGE_FIXED: &str = "spec.storage cannot be changed once the ImageCache exists: the StatefulSet's volume claim templates are immutable; create a new ImageCache with the new storage";
+
+#[test]
+fn names_the_children_cannot_carry_are_refused() {
+    let crd = image_caches();
+    accepted(&crd.create(&with(main_cache(), "/metadata/name", json!("a".repeat(52)))));
+    let v = crd.create(&with(main_cache(), "/metadata/name", json!("a".repeat(53))));
+    refused_by_cel(&v, "", NAME_LENGTH);
+    for bad in ["1cache", "my.cache", "cache-"] {
+        let v = crd.create(&with(main_cache(), "/metadata/name", json!(bad)));
+        refused_by_cel(&v, "", NAME_LABEL);
+    }
+}
+
+#[test]
+fn storage_cannot_change_but_the_rest_can() {
+    let crd = image_caches();
+    for change in [
+        json!({"size": "50Gi", "storageClassName": "fast-ssd"}),
+        json!({"emptyDir": true}),
+        json!({"size": "20Gi"}),
+    ] {
+        let v = crd.update(&main_cache(), &with(main_cache(), "/spec/storage", change));
+        refused_by_cel(&v, "spec", STORAGE_FIXED);
+    }
+    let mut dropped = main_cache();
+    dropped["spec"].as_object_mut().unwrap().remove("storage");
+    refused_by_cel(&crd.update(&main_cache(), &dropped), "spec", STORAGE_FIXED);
+    refused_by_cel(&crd.update(&dropped, &main_cache()), "spec", STORAGE_FIXED);
+    accepted(&crd.update(&dropped, &dropped));
+    let scaled = with(main_cache(), "/spec/replicas", json!(5));
+    accepted(&crd.update(&main_cache(), &with(scaled, "/spec/tagTTL", json!("1h"))));
 }
 
 #[test]
@@ -764,6 +858,10 @@ const TESTED_RULES: &[(&str, &str, &str)] = &[
     ),
     ("PrunePolicy", "spec.cacheRef", "cacheRef is immutable"),
     ("PrunePolicy", "spec.schedule", FIVE_FIELDS),
+    ("PrunePolicy", "spec.schedule", CRON_VALUES),
+    ("ImageCache", "", NAME_LENGTH),
+    ("ImageCache", "", NAME_LABEL),
+    ("ImageCache", "spec", STORAGE_FIXED),
 ];
 
 fn all_crds() -> Vec<Crd> {

@@ -18,7 +18,7 @@ use crate::digest::Digest;
     plural = "cachedimages",
     namespaced,
     shortname = "cimg",
-    category = "imagecache",
+    category = "imagecache-all", // super::CATEGORY
     status = "CachedImageStatus",
     derive = "PartialEq",
     doc = "A manifest held by an ImageCache; deleting it prunes the image from the cache.",

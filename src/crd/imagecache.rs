@@ -20,7 +20,7 @@ use super::{DURATION_PATTERN, NAME_PATTERN, PLATFORM_PATTERN, STORAGE_SIZE_PATTE
     plural = "imagecaches",
     namespaced,
     shortname = "ic",
-    category = "imagecache",
+    category = "imagecache-all", // super::CATEGORY
     status = "ImageCacheStatus",
     derive = "PartialEq",
     doc = "A pull-through caching OCI registry run in the cluster by the imagecache operator.",
@@ -52,9 +52,13 @@ use super::{DURATION_PATTERN, NAME_PATTERN, PLATFORM_PATTERN, STORAGE_SIZE_PATTE
         name = "AGE",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
-    )
+    ),
+    // Names every child can carry (see each message).
+    validation = Rule::new("size(self.metadata.name) <= 52").message("metadata.name must be at most 52 characters: the registry Pods are named <name>-<ordinal> and carry a <name>-<revision> label, which must fit in 63"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS label (lowercase letters, digits and '-', no '.') that starts with a letter: it names the cache's Services"),
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.storage) == has(oldSelf.storage) && (!has(self.storage) || self.storage == oldSelf.storage)").message("spec.storage cannot be changed once the ImageCache exists: the StatefulSet's volume claim templates are immutable; create a new ImageCache with the new storage"))]
 pub struct ImageCacheSpec {
     /// Registry pods (each with its own cache volume).
     #[serde(default = "default_replicas")]

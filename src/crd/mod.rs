@@ -47,6 +47,41 @@ pub const SIZE_OR_PERCENT_PATTERN: &str =
 pub const STORAGE_SIZE_PATTERN: &str = r"^[0-9]+(\.[0-9]+)?([KMGTPE]i|[kMGTPE]|[eE][0-9]+)?$";
 /// Characters a 5-field cron expression is made of (names such as `MON` or `JAN` included).
 pub const CRON_PATTERN: &str = r"^[0-9A-Za-z*?/,#\- ]+$";
+/// The category of all three kinds: `kubectl get imagecache-all`. Not `imagecache`: kubectl
+/// expands a category before it resolves a resource, so a category named like the ImageCache
+/// kind would make `kubectl get imagecache` list all three kinds.
+pub const CATEGORY: &str = "imagecache-all";
+
+/// The CEL rule that checks each field of a 5-field cron expression as the operator's parser
+/// reads it: values in range (minute 0-59, hour 0-23, day of month 1-31, month 1-12 or JAN-DEC,
+/// day of week 0-7 or SUN-SAT), `*`, ranges, steps and lists, `?` in either day field, `L`,
+/// `LW` and `nW` in the day of month, `nL` and `n#k` in the day of week. No backslashes: the
+/// pattern sits in a CEL string literal.
+pub fn cron_rule() -> String {
+    // A step follows `*` or a range only: the parser refuses `5/15`.
+    fn item(value: &str) -> String {
+        format!("([*](/[0-9]{{1,2}})?|{value}(-{value}(/[0-9]{{1,2}})?)?)")
+    }
+    fn list(item: &str) -> String {
+        format!("{item}(,{item})*")
+    }
+    let minute = list(&item("[0-5]?[0-9]"));
+    let hour = list(&item("([01]?[0-9]|2[0-3])"));
+    let day = "(0?[1-9]|[12][0-9]|3[01])";
+    let day_of_month = format!("([?]|{}|L|LW|{day}W)", list(&item(day)));
+    let month = list(&item(
+        "(0?[1-9]|1[0-2]|JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC)",
+    ));
+    let weekday = "([0-7]|SUN|MON|TUE|WED|THU|FRI|SAT)";
+    let dow_item = format!("({}|{weekday}L|{weekday}#[1-5]|L)", item(weekday));
+    let day_of_week = format!("([?]|{})", list(&dow_item));
+    // Only for five fields: the field count has a rule (and a message) of its own.
+    format!(
+        "!self.matches('^ *[^ ]+( +[^ ]+){{4}} *$') || \
+         self.matches('(?i)^ *{minute} +{hour} +{day_of_month} +{month} +{day_of_week} *$')"
+    )
+}
+
 /// A platform as `os/arch` or `os/arch/variant`.
 pub const PLATFORM_PATTERN: &str = r"^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$";
 /// A reference to an object in the same namespace: a DNS-1123 subdomain.

@@ -25,7 +25,7 @@ pub const ITEMS_LIMIT: usize = 100;
     plural = "prunepolicies",
     namespaced,
     shortname = "pp",
-    category = "imagecache",
+    category = "imagecache-all", // super::CATEGORY
     status = "PrunePolicyStatus",
     derive = "PartialEq",
     doc = "A scheduled prune of an ImageCache, run by the imagecache operator on every registry pod.",
@@ -65,11 +65,13 @@ pub const ITEMS_LIMIT: usize = 100;
         json_path = ".status.lastRun.totals.reclaimed",
         description = "Space reclaimed by the last run"
     ),
+    // A string, not a date: kubectl prints a date column as an age, and an age to come as
+    // `<invalid>`.
     printcolumn(
         name = "NEXT",
-        type_ = "date",
+        type_ = "string",
         json_path = ".status.nextScheduleTime",
-        description = "When the next run starts"
+        description = "When the next run starts (UTC)"
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -80,6 +82,7 @@ pub struct PrunePolicySpec {
     /// Cron schedule, 5 fields: minute hour day-of-month month day-of-week.
     #[schemars(length(min = 9, max = 128), regex(pattern = CRON_PATTERN))]
     #[x_kube(validation = Rule::new("self.matches('^ *[^ ]+( +[^ ]+){4} *$')").message("schedule must have exactly 5 fields: minute hour day-of-month month day-of-week"))]
+    #[x_kube(validation = Rule::new(super::cron_rule()).message("schedule has a field out of range or malformed: minute 0-59, hour 0-23, day of month 1-31, month 1-12 or JAN-DEC, day of week 0-7 or SUN-SAT; each field *, a value, a range a-b, a step */n or a-b/n, or a list of these"))]
     pub schedule: String,
     /// IANA time zone of the schedule (`Europe/Paris`); UTC when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,10 +92,11 @@ pub struct PrunePolicySpec {
     )]
     pub time_zone: Option<String>,
     /// Skip scheduled runs while true (a manual run by annotation still goes).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    // Always written, so the apiserver defaults it and `kubectl get` shows `false`.
+    #[serde(default)]
     pub suspend: bool,
     /// Report what would be pruned without deleting anything.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default)]
     pub dry_run: bool,
     /// What to prune: selectors, keep rules, protections, capacity and limits. `inUse` is
     /// computed by the operator from the cluster and added to what is given here.

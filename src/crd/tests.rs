@@ -72,7 +72,7 @@ fn names_scope_and_subresources() {
         assert_eq!(crd.spec.names.short_names, Some(vec![short.to_owned()]));
         assert_eq!(
             crd.spec.names.categories,
-            Some(vec!["imagecache".to_owned()])
+            Some(vec![super::CATEGORY.to_owned()])
         );
         let v = &crd.spec.versions[0];
         assert_eq!(v.name, VERSION);
@@ -119,6 +119,9 @@ fn printer_columns() {
             ("date", ".metadata.creationTimestamp")
         );
     }
+    // A time to come is printed as it is: kubectl shows a future `date` as `<invalid>`.
+    let next = columns(&by_kind("PrunePolicy")).pop().unwrap();
+    assert_eq!((next.0.as_str(), next.1.as_str()), ("NEXT", "string"));
     let ready = columns(&by_kind("ImageCache")).remove(0);
     assert_eq!(ready.2, r#".status.conditions[?(@.type=="Ready")].status"#);
 }

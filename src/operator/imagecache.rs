@@ -10,7 +10,11 @@
 //! them with the ImageCache, so there is no finalizer.
 //!
 //! Events mark transitions only: children created, node mirroring turned on or off, `Ready`
-//! gained or lost, `Degraded` raised, a reconcile starting to fail.
+//! gained or lost, `Degraded` raised or cleared (`Recovered`), a rollout starting
+//! (`RollingOut`) and ending (`RolledOut`), a reconcile starting to fail.
+//!
+//! Secrets are read by name, never listed or watched (the operator's RBAC has no list or watch
+//! on Secrets): a deleted admin token Secret comes back at the next periodic reconcile.
 
 pub mod status;
 
@@ -33,7 +37,7 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 use self::status::{Observation, PodObservation, whole_seconds};
-use super::conditions::{self, DEGRADED, READY};
+use super::conditions::{self, DEGRADED, PROGRESSING, READY};
 use super::context::{Context, MANAGER, object_key, requeue_after_failure, scoped_api};
 use super::desired::{self, COMPONENT, MANAGED_BY};
 use super::error::OperatorError;
@@ -95,7 +99,6 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
     .owns(scoped_api::<StatefulSet>(&client, ns), owned.clone())
     .owns(scoped_api::<Service>(&client, ns), owned.clone())
     .owns(scoped_api::<ConfigMap>(&client, ns), owned.clone())
-    .owns(scoped_api::<Secret>(&client, ns), owned.clone())
     .owns(scoped_api::<DaemonSet>(&client, ns), owned)
     .watches(scoped_api::<Pod>(&client, ns), registry_pods, |pod| {
         cache_of_pod(&pod)
@@ -107,6 +110,10 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
             Ok((obj, _)) => tracing::debug!(imagecache = %obj, "reconciled"),
             // Logged with its backoff by error_policy.
             Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+            // A child's event for a cache just deleted: nothing to do.
+            Err(e @ kube::runtime::controller::Error::ObjectNotFound(..)) => {
+                tracing::debug!(error = %e, "imagecache controller");
+            }
             Err(e) => tracing::warn!(error = %e, "imagecache controller"),
         }
     })
@@ -406,6 +413,36 @@ pub fn transition_events(
                 "Degraded",
                 "Reconcile",
                 format!("{}: {}", degraded.reason, degraded.message),
+            ));
+        } else if degraded.status == "False" && conditions::is_true(previous, DEGRADED) {
+            events.push(event(
+                EventType::Normal,
+                "Recovered",
+                "Reconcile",
+                degraded.message.clone(),
+            ));
+        }
+    }
+    // A rollout starting (a spec change, a scale) and ending; not the first one, which
+    // `Created` already tells.
+    if let (Some(progressing), Some(before)) = (
+        conditions::get(&after.conditions, PROGRESSING),
+        conditions::get(previous, PROGRESSING),
+    ) {
+        let (is, was) = (progressing.status == "True", before.status == "True");
+        if is && !was {
+            events.push(event(
+                EventType::Normal,
+                "RollingOut",
+                "Reconcile",
+                progressing.message.clone(),
+            ));
+        } else if !is && was {
+            events.push(event(
+                EventType::Normal,
+                "RolledOut",
+                "Reconcile",
+                progressing.message.clone(),
             ));
         }
     }

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use tempfile::TempDir;
@@ -129,7 +129,7 @@ impl Distribution {
             .open(&self.log)
             .unwrap();
         let err = out.try_clone().unwrap();
-        let child = Command::new("docker-registry")
+        let child = super::tied_command("docker-registry")
             .arg("serve")
             .arg(&self.config)
             .stdin(Stdio::null())
@@ -319,7 +319,7 @@ impl QuietProxy {
         fs::write(&config_path, config).unwrap();
         let log = dir.path().join("registry.log");
         let out = fs::File::create(&log).unwrap();
-        let child = Command::new("docker-registry")
+        let child = super::tied_command("docker-registry")
             .arg("serve")
             .arg(&config_path)
             .stdin(Stdio::null())

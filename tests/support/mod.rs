@@ -52,6 +52,15 @@ pub fn free_port() -> u16 {
     panic!("no free port");
 }
 
+/// A command for a long-running child that dies with this test process, even when the process
+/// is killed with SIGKILL: `setpriv --pdeathsig KILL` asks the kernel to kill the child when the
+/// thread that started it ends (for a test, when its thread or its runtime's workers end).
+pub fn tied_command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args(["--pdeathsig", "KILL", "--"]).arg(program);
+    cmd
+}
+
 /// `sha256:<hex>` of `data`.
 pub fn sha256_digest(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))

@@ -160,7 +160,7 @@ impl ImageCache {
             .open(&self.log)
             .unwrap();
         let err = out.try_clone().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_imagecache"))
+        let child = super::tied_command(env!("CARGO_BIN_EXE_imagecache"))
             .arg("serve")
             .arg("--config")
             .arg(&self.config)

@@ -49,23 +49,40 @@ pub async fn reconcile(obj: Arc<CachedImage>, ctx: Arc<Context>) -> Result<Actio
 }
 
 async fn reconcile_inner(obj: Arc<CachedImage>, ctx: &Context) -> Result<Action, OperatorError> {
+    let key = object_key(&*obj);
     let ns = obj
         .namespace()
         .ok_or(OperatorError::MissingField("namespace"))?;
     let api: Api<CachedImage> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer::finalizer(&api, FINALIZER, obj, |event| async move {
+    let result = finalizer::finalizer(&api, FINALIZER, obj, |event| async move {
         match event {
             Event::Apply(_) => Ok(Action::await_change()),
             Event::Cleanup(obj) => cleanup(&obj, ctx).await,
         }
     })
-    .await
-    .map_err(|e| match e {
-        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-        finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => e.into(),
-        other => OperatorError::Finalizer(other.to_string()),
-    })
+    .await;
+    match result {
+        Ok(action) => Ok(action),
+        // The finalizer patch tests the finalizer list it read; 422 means the object changed
+        // since (the watch has not caught up with a finalizer just added): read again soon,
+        // it is not a failure.
+        Err(
+            finalizer::Error::AddFinalizer(kube::Error::Api(s))
+            | finalizer::Error::RemoveFinalizer(kube::Error::Api(s)),
+        ) if s.code == 422 => {
+            tracing::debug!(cachedimage = %key, "finalizer list changed since it was read; again");
+            Ok(Action::requeue(STALE_RETRY))
+        }
+        Err(finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e)) => Err(e),
+        Err(finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e)) => {
+            Err(e.into())
+        }
+        Err(other) => Err(OperatorError::Finalizer(other.to_string())),
+    }
 }
+
+/// How soon a reconcile that read a stale finalizer list runs again.
+const STALE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Prunes the digest from every ready pod of the cache; an error keeps the finalizer and is
 /// recorded in the object's `Pruned` condition (best effort).

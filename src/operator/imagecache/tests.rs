@@ -698,3 +698,74 @@ fn losing_ready_is_a_warning_and_staying_ready_is_silent() {
         Some("NoReadyPods: 0/1 registry pods ready")
     );
 }
+
+#[test]
+fn rollouts_and_recoveries_raise_events_once() {
+    use crate::operator::conditions::{Cond, DEGRADED, PROGRESSING, set};
+    let now = whole_seconds(NOW.parse().unwrap());
+    let status = |progressing: bool, degraded: bool| {
+        let mut s = ImageCacheStatus::default();
+        set(
+            &mut s.conditions,
+            Cond::new(READY, true, "Serving", "1/1 registry pods serving"),
+            Some(1),
+            now.clone(),
+        );
+        let (reason, message) = if progressing {
+            ("RollingOut", "1/2 registry pods updated")
+        } else {
+            ("RolledOut", "2/2 registry pods updated and ready")
+        };
+        set(
+            &mut s.conditions,
+            Cond::new(PROGRESSING, progressing, reason, message),
+            Some(1),
+            now.clone(),
+        );
+        let (reason, message) = if degraded {
+            ("PodUnreachable", "admin API failing on cache-0: timeout")
+        } else {
+            ("Healthy", "every ready registry pod answers its admin API")
+        };
+        set(
+            &mut s.conditions,
+            Cond::new(DEGRADED, degraded, reason, message),
+            Some(1),
+            now.clone(),
+        );
+        s
+    };
+    let with = |s: ImageCacheStatus| {
+        let mut ic = cache(json!({}));
+        ic.status = Some(s);
+        ic
+    };
+    let reasons = |before: ImageCacheStatus, after: ImageCacheStatus| -> Vec<String> {
+        transition_events(&with(before), &after, false, &NodeConfig::Off)
+            .into_iter()
+            .map(|e| e.reason)
+            .collect()
+    };
+    assert_eq!(
+        reasons(status(false, false), status(true, false)),
+        ["RollingOut"]
+    );
+    assert_eq!(
+        reasons(status(true, false), status(false, false)),
+        ["RolledOut"]
+    );
+    assert!(reasons(status(true, false), status(true, false)).is_empty());
+    assert_eq!(
+        reasons(status(false, true), status(false, false)),
+        ["Recovered"]
+    );
+    assert_eq!(
+        reasons(status(false, false), status(false, true)),
+        ["Degraded"]
+    );
+    // The first rollout of a new cache is told by `Created`, not `RollingOut`.
+    let fresh = cache(json!({}));
+    let events = transition_events(&fresh, &status(true, false), true, &NodeConfig::Off);
+    let reasons: Vec<&str> = events.iter().map(|e| e.reason.as_str()).collect();
+    assert!(!reasons.contains(&"RollingOut"), "{reasons:?}");
+}
