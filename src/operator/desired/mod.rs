@@ -842,5 +842,4 @@ fn non_empty_vec<T>(v: Vec<T>) -> Option<Vec<T>> {
 }
 
 #[cfg(test)]
-#[path = "desired_tests.rs"]
 mod tests;

@@ -195,5 +195,4 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
 }
 
 #[cfg(test)]
-#[path = "finalizer_tests.rs"]
 mod tests;

@@ -291,5 +291,4 @@ fn to_i64(n: u64) -> i64 {
 }
 
 #[cfg(test)]
-#[path = "status_tests.rs"]
 mod tests;

@@ -535,5 +535,4 @@ fn diff(want: &CachedImage, have: &CachedImage) -> Diff {
 }
 
 #[cfg(test)]
-#[path = "state_tests.rs"]
 mod tests;
