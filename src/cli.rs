@@ -188,13 +188,13 @@ pub struct PruneArgs {
     #[arg(long)]
     pub keep_pattern: Vec<String>,
     /// Most manifests to prune (-1: no limit).
-    #[arg(long, default_value_t = crate::prune::request::DEFAULT_COUNT, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = crate::api::DEFAULT_COUNT, allow_negative_numbers = true)]
     pub count: i64,
     /// Never prune manifests first cached less than this long ago.
     #[arg(long, value_parser = parse_duration, default_value = "1h")]
     pub min_age: Duration,
     /// Refuse a run that would delete more than this share of the cache (0 to 1).
-    #[arg(long, default_value_t = crate::prune::request::DEFAULT_MAX_DELETION_RATIO)]
+    #[arg(long, default_value_t = crate::api::DEFAULT_MAX_DELETION_RATIO)]
     pub max_deletion_ratio: f64,
     /// Show what would be pruned; change nothing.
     #[arg(long)]
@@ -207,8 +207,8 @@ pub struct PruneArgs {
 }
 
 impl PruneArgs {
-    pub fn request(&self) -> crate::prune::PruneRequest {
-        crate::prune::PruneRequest {
+    pub fn request(&self) -> crate::api::PruneRequest {
+        crate::api::PruneRequest {
             unused_for: self.unused_for,
             older_than: self.older_than,
             created_before: self.date,
@@ -435,7 +435,7 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 }
 
 fn list(args: ListArgs, image_path: Option<PathBuf>) -> Result<(), CliError> {
-    let request = crate::prune::PruneRequest {
+    let request = crate::api::PruneRequest {
         patterns: args.pattern.iter().cloned().collect(),
         ..Default::default()
     };

@@ -82,7 +82,7 @@ pub struct PruneConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub frequency: Option<Duration>,
-    pub request: crate::prune::PruneRequest,
+    pub request: crate::api::PruneRequest,
 }
 
 impl PruneConfig {

@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+/// What [`parse`] accepts, as a schema pattern: the config file, the CLI, the prune request and
+/// the CRDs write durations this way (`30d`, `1h30m`, `0`).
+pub const DURATION_PATTERN: &str = r"^(0|([0-9]{1,12}(ms|s|m|h|d))+)$";
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
     "invalid duration {0:?}: expected a number with a unit (ms, s, m, h, d), e.g. 15m or 1h30m"

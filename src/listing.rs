@@ -246,7 +246,7 @@ pub fn blob_cells(r: &BlobRow) -> Vec<String> {
 }
 
 /// The prune report as columns: decision, reason, reference, digest; totals as a comment.
-pub fn report_text(r: &crate::prune::Report, short: bool) -> String {
+pub fn report_text(r: &crate::api::Report, short: bool) -> String {
     let rows: Vec<Vec<String>> = r
         .items
         .iter()

@@ -168,7 +168,7 @@ async fn flush_loop(store: Arc<Store>, every: std::time::Duration, stop: Cancell
 async fn prune_loop(
     pruner: Arc<PruneService>,
     schedule: crate::schedule::Schedule,
-    request: crate::prune::PruneRequest,
+    request: crate::api::PruneRequest,
     stop: CancellationToken,
 ) {
     let mut after = jiff::Timestamp::now();

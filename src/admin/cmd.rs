@@ -13,9 +13,10 @@ use regex::Regex;
 
 use super::AdminState;
 use super::stream::{self, Rows};
+use crate::api::{CacheStatus, PruneRequest};
 use crate::listing;
 use crate::metrics::Trigger;
-use crate::prune::{PruneError, PruneRequest, PruneService};
+use crate::prune::{PruneError, PruneService};
 
 pub fn routes() -> Router<Arc<AdminState>> {
     Router::new()
@@ -303,7 +304,7 @@ async fn admin_status(State(state): State<Arc<AdminState>>) -> Result<Response, 
     let store = svc.store();
     let stats = store.stats();
     let volume = crate::prune::volume(store);
-    let status = super::status::CacheStatus {
+    let status = CacheStatus {
         manifests: stats.manifests,
         blobs: stats.blobs,
         bytes: stats.bytes,

@@ -2,7 +2,6 @@
 //! `/admin/v1/prune`) and the bearer-token gate in front of everything but the probes.
 
 mod cmd;
-pub mod status;
 mod stream;
 
 #[doc(hidden)]

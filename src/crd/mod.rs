@@ -36,11 +36,6 @@ pub const GROUP: &str = "imagecache.io";
 /// The served and stored version.
 pub const VERSION: &str = "v1alpha1";
 
-/// A duration as the config file, the CLI and the prune request write it (`30d`, `1h30m`, `0`).
-pub const DURATION_PATTERN: &str = r"^(0|([0-9]{1,12}(ms|s|m|h|d))+)$";
-/// A size (`500Mi`, `20G`, `1.5Ti`, `1024`) or a share of the volume (`80%`).
-pub const SIZE_OR_PERCENT_PATTERN: &str =
-    r"^(([0-9]+(\.[0-9]+)?(k|K|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?)|([0-9]+(\.[0-9]+)?%))$";
 /// A volume size: an unsigned Kubernetes quantity of bytes (`20Gi`, `500M`, `1.5Ti`, `1e9`), so a
 /// size the claim would refuse (`20GB`, `-1Gi`) is refused when the ImageCache is applied. It
 /// checks the string form only; the integer form (`21474836480`) is a count of bytes.

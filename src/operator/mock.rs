@@ -18,8 +18,7 @@ use serde_json::Value;
 use super::context::{Context, Settings};
 use super::metrics::OperatorMetrics;
 use super::pods::{BoxFuture, PodTarget, RegistryApi, RegistryError};
-use crate::admin::status::CacheStatus;
-use crate::prune::{PruneRequest, Report};
+use crate::api::{CacheStatus, PruneRequest, Report};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 

@@ -15,9 +15,8 @@ use kube::{Api, Client, ResourceExt};
 
 use super::desired::{self, ADMIN_PORT, ADMIN_TOKEN_KEY, CONTAINER_NAME};
 use super::error::OperatorError;
-use crate::admin::status::CacheStatus;
+use crate::api::{CacheStatus, PruneRequest, Report};
 use crate::crd::ImageCache;
-use crate::prune::{PruneRequest, Report};
 
 /// Name of the registry container's admin port in the pod spec.
 pub const ADMIN_PORT_NAME: &str = "admin";

@@ -37,9 +37,10 @@ use self::filters::Filters;
 use self::names::familiar_tag;
 use self::views::{ConfigFile, DeleteItem, PruneResponse};
 use crate::admin::AdminState;
+use crate::api::{Decision, Item, PruneRequest};
 use crate::digest::Digest;
 use crate::metrics::Trigger;
-use crate::prune::{Decision, PruneRequest, PruneService};
+use crate::prune::PruneService;
 use crate::store::{ManifestRecord, Platform, Store};
 
 /// The API version of the reference this implements; clients use the lower of theirs and this.
@@ -413,7 +414,7 @@ async fn remove(svc: &PruneService, digests: &[Digest]) -> Result<Vec<Digest>, D
     Ok(pruned_in_order(&report.items, digests))
 }
 
-fn pruned_in_order(items: &[crate::prune::Item], first: &[Digest]) -> Vec<Digest> {
+fn pruned_in_order(items: &[Item], first: &[Digest]) -> Vec<Digest> {
     let pruned: Vec<&Digest> = items
         .iter()
         .filter(|i| i.decision == Decision::Prune)

@@ -18,12 +18,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::ResourceExt;
 use sha2::{Digest as _, Sha256};
 
-use crate::crd::{CacheRef, CachedImage, CachedImageSpec, ImageCache, ImageLayer};
-use crate::digest::Digest;
-use crate::imageapi::openshift::types::{
+use crate::api::image::{
     ANNOTATION_LAST_PULLED, ANNOTATION_TAGS, Image, LABEL_REGISTRY, LABEL_REPOSITORY, LABEL_TYPE,
     label_value,
 };
+use crate::crd::{CacheRef, CachedImage, CachedImageSpec, ImageCache, ImageLayer};
+use crate::digest::Digest;
 use crate::operator::desired::{self, DesiredError};
 
 /// Label every CachedImage carries: the (label-safe) name of its ImageCache.
@@ -153,9 +153,7 @@ pub fn desired(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::imageapi::openshift::types::{
-        DockerImageMetadata, ImageLayer as ApiLayer, ImageManifest,
-    };
+    use crate::api::image::{DockerImageMetadata, ImageLayer as ApiLayer, ImageManifest};
     use serde_json::json;
 
     pub(crate) fn d(c: char) -> Digest {

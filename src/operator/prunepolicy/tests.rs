@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 
 use super::due::MAX_REQUEUE;
 use super::*;
+use crate::api::{Decision, Item, Report, Totals};
 use crate::operator::mock::{self, ApiServer, FakeRegistry};
-use crate::prune::{Decision, Item, Report, Totals};
 
 const PP_PATH: &str = "/apis/imagecache.io/v1alpha1/namespaces/ns/prunepolicies/daily";
 const STATUS_PATH: &str = "/apis/imagecache.io/v1alpha1/namespaces/ns/prunepolicies/daily/status";

@@ -25,13 +25,13 @@ use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use super::FINALIZER;
+use crate::api::PruneRequest;
 use crate::crd::{CachedImage, CachedImageStatus, ImageCache};
 use crate::operator::conditions::{self, Cond};
 use crate::operator::context::{Context, MANAGER, object_key, requeue_after_failure, scoped_api};
 use crate::operator::error::OperatorError;
 use crate::operator::metrics::Controller as Ctl;
 use crate::operator::pods;
-use crate::prune::PruneRequest;
 
 /// The condition saying whether the deletion's prune went through.
 pub const PRUNED: &str = "Pruned";
