@@ -280,7 +280,8 @@ pub fn prune_request(data: &[u8]) {
 
 /// `imagecache load` inputs: a list file, each of its references normalised.
 pub fn load_reference(data: &[u8]) {
-    use imagecache::load::*;
+    use imagecache::load::parse_list;
+    use imagecache::reference::parse_image_reference;
     let s = text(data);
     for (_, item) in parse_list(&s) {
         if let Ok(r) = parse_image_reference(item, "docker.io") {

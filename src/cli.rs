@@ -34,7 +34,7 @@ pub enum Command {
     /// files); the server must be stopped. Exits non-zero when problems remain.
     Verify(VerifyArgs),
     /// Preload the cache from image references, list files or image tarballs.
-    Load(crate::load::LoadArgs),
+    Load(LoadArgs),
     /// Print the operator's CustomResourceDefinitions (multi-document YAML), or write them to a
     /// directory as `<plural>.imagecache.io.yaml`.
     Crds(CrdsArgs),
@@ -114,6 +114,46 @@ impl NodeConfigArgs {
             uninstall: self.uninstall,
             stay: self.stay,
             interval: self.interval,
+        }
+    }
+}
+
+/// `imagecache load`: what to load and from where.
+#[derive(clap::Args, Debug)]
+pub struct LoadArgs {
+    /// Image references to load, as in a list file (e.g. `quay.io/org/img:tag`).
+    #[arg(value_name = "REFERENCE")]
+    pub references: Vec<String>,
+    /// A file of image references, one per line; `#` starts a comment (repeatable).
+    #[arg(long = "list", value_name = "FILE")]
+    pub lists: Vec<PathBuf>,
+    /// A `docker save` or OCI-layout tarball, gzipped or not (repeatable).
+    #[arg(long = "tarball", value_name = "FILE")]
+    pub tarballs: Vec<PathBuf>,
+    /// Only this platform of multi-platform images, `os/arch[/variant]` (repeatable; default:
+    /// all platforms).
+    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
+    pub platforms: Vec<crate::store::Platform>,
+    /// Name for tarball images: `REGISTRY/REPO[:TAG]`. Required when a tarball carries no full
+    /// image name (e.g. an OCI layout whose `org.opencontainers.image.ref.name` is only a tag).
+    #[arg(long, value_name = "REGISTRY/REPO")]
+    pub repository: Option<String>,
+    /// Stop at the first bad reference or tarball and exit non-zero, instead of skipping it.
+    #[arg(long)]
+    pub fail_fast: bool,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+impl LoadArgs {
+    pub fn options(&self) -> crate::load::Options {
+        crate::load::Options {
+            references: self.references.clone(),
+            lists: self.lists.clone(),
+            tarballs: self.tarballs.clone(),
+            platforms: self.platforms.clone(),
+            repository: self.repository.clone(),
+            fail_fast: self.fail_fast,
         }
     }
 }
@@ -537,7 +577,8 @@ pub fn run() -> Result<(), CliError> {
                 level: "warn".into(),
                 ..Default::default()
             });
-            crate::load::run(args, cli.image_path)?;
+            let config = args.config.resolve(cli.image_path)?;
+            crate::load::run(&args.options(), config)?;
             Ok(())
         }
         Command::Crds(args) if args.reference => {
@@ -639,6 +680,42 @@ mod tests {
         assert_eq!(r.count, Some(-1));
         assert!(r.dry_run && r.created_before.is_some());
         assert!(Cli::try_parse_from(["imagecache", "prune", "--date", "yesterday"]).is_err());
+    }
+
+    #[derive(clap::Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        load: LoadArgs,
+    }
+
+    #[test]
+    fn flags() {
+        let c = Cmd::try_parse_from([
+            "load",
+            "--list",
+            "a.txt",
+            "--list",
+            "b.txt",
+            "--tarball",
+            "x.tar.gz",
+            "--platform",
+            "linux/arm64",
+            "--platform",
+            "linux/arm/v7",
+            "--fail-fast",
+            "--config",
+            "c.yaml",
+            "--registry",
+            "upstream.test=http://127.0.0.1:5000",
+            "nginx:1.27",
+        ])
+        .unwrap();
+        assert_eq!(c.load.lists.len(), 2);
+        assert_eq!(c.load.platforms[1].variant.as_deref(), Some("v7"));
+        assert!(c.load.fail_fast);
+        assert_eq!(c.load.references, ["nginx:1.27"]);
+        assert_eq!(c.load.config.registries.len(), 1);
+        assert!(Cmd::try_parse_from(["load", "--platform", "linux"]).is_err());
     }
 
     #[test]

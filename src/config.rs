@@ -8,7 +8,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::duration::serde_human;
-use crate::reference::{is_host, normalize_registry};
+use crate::reference::{PlatformSpec, is_host, normalize_registry, parse_image_reference};
+
+/// Changes the Image API keeps for watchers resuming from a resourceVersion (`changeHistory`).
+/// The store starts with the same number (`store::CHANGE_HISTORY`) until the server sets this.
+pub const CHANGE_HISTORY: usize = 4096;
 
 /// Upstreams allowed by the embedded default configuration.
 pub const WELL_KNOWN_REGISTRIES: &[&str] = &[
@@ -125,7 +129,7 @@ impl Default for Config {
                 .map(|n| RegistryConfig::named(n))
                 .collect(),
             access_flush_interval: Duration::from_secs(10),
-            change_history: crate::store::CHANGE_HISTORY,
+            change_history: CHANGE_HISTORY,
             prune_config: PruneConfig::default(),
             preload: PreloadConfig::default(),
             log: LogConfig::default(),
@@ -349,11 +353,12 @@ impl Config {
             }
         }
         for image in &self.preload.images {
-            crate::load::parse_image_reference(image, &self.default_registry)
+            parse_image_reference(image, &self.default_registry)
                 .map_err(|e| ConfigError::Invalid(format!("preload.images: {e}")))?;
         }
         for platform in &self.preload.platforms {
-            crate::registry::pull::parse_platform(platform)
+            platform
+                .parse::<PlatformSpec>()
                 .map_err(|e| ConfigError::Invalid(format!("preload.platforms: {e}")))?;
         }
         self.prune_config.schedule()?;

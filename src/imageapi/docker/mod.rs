@@ -520,7 +520,7 @@ mod tests {
             let svc = PruneService::new(Arc::new(store), metrics);
             let _ = state.prune.set(Arc::new(svc));
         }
-        crate::admin::router(state)
+        crate::admin::gate(crate::admin::routes().merge(super::routes()), state)
     }
 
     #[tokio::test]
