@@ -284,11 +284,20 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: YamlError,
+    },
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
+
+/// Why a config text is not a configuration: YAML syntax, an unknown key, a bad value.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct YamlError(#[from] serde_saphyr::Error);
 
 impl Config {
     /// Reads a config file; keys it leaves out keep their defaults.
@@ -297,17 +306,18 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::from_yaml(&text).map_err(|message| ConfigError::Parse {
+        Config::from_yaml(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
-            message,
+            source,
         })
     }
 
-    pub fn from_yaml(text: &str) -> Result<Config, String> {
+    /// Parses a config text; keys it leaves out keep their defaults.
+    pub fn from_yaml(text: &str) -> Result<Config, YamlError> {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+        Ok(serde_saphyr::from_str(text)?)
     }
 
     /// Checks what serde cannot: hosts, endpoints, duplicates, the admin token rule.

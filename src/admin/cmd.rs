@@ -30,7 +30,9 @@ pub fn routes() -> Router<Arc<AdminState>> {
 }
 
 /// Errors of the admin API: one line of text, or `{"error": ...}` for JSON callers.
-struct AdminError {
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct AdminError {
     status: StatusCode,
     message: String,
     json: bool,
@@ -244,16 +246,18 @@ fn seed_request(q: &HashMap<String, String>, json: bool) -> Result<PruneRequest,
 
 /// `count`, the `pattern`s and the prune request (or why it is refused) of a `/cmd/*` query.
 #[doc(hidden)]
-pub type CmdQuery = (Option<usize>, Vec<Regex>, Result<PruneRequest, String>);
+pub type CmdQuery = (Option<usize>, Vec<Regex>, Result<PruneRequest, AdminError>);
 
 /// The `/cmd/*` query parsers (`format`, `count`, `pattern`, the prune parameters) in one call, for
-/// the fuzz targets: the listing settings, and the prune request or its error message.
+/// the fuzz targets: the listing settings, and the prune request or why it is refused.
 #[doc(hidden)]
-pub fn parse_query(q: &HashMap<String, String>) -> Result<CmdQuery, String> {
+pub fn parse_query(q: &HashMap<String, String>) -> Result<CmdQuery, AdminError> {
     let json = wants_json(q);
-    let n = count(q, json).map_err(|e| e.message)?;
-    let pats = patterns(q, "pattern", json).map_err(|e| e.message)?;
-    Ok((n, pats, seed_request(q, json).map_err(|e| e.message)))
+    Ok((
+        count(q, json)?,
+        patterns(q, "pattern", json)?,
+        seed_request(q, json),
+    ))
 }
 
 fn prune_error(e: PruneError, json: bool) -> AdminError {

@@ -10,7 +10,7 @@ mod cmd;
 mod stream;
 
 #[doc(hidden)]
-pub use cmd::parse_query as parse_cmd_query;
+pub use cmd::{AdminError, CmdQuery, parse_query as parse_cmd_query};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};

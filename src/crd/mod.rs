@@ -70,7 +70,7 @@ pub fn file_name(crd: &CustomResourceDefinition) -> String {
 
 /// One CRD as YAML.
 pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, CrdError> {
-    serde_saphyr::to_string(crd).map_err(|e| CrdError::Yaml(e.to_string()))
+    serde_saphyr::to_string(crd).map_err(CrdError::Yaml)
 }
 
 /// All CRDs as one multi-document YAML stream.
@@ -102,7 +102,7 @@ pub fn write_dir(dir: &Path) -> Result<Vec<PathBuf>, CrdError> {
 #[derive(Debug, thiserror::Error)]
 pub enum CrdError {
     #[error("cannot render a CRD as YAML: {0}")]
-    Yaml(String),
+    Yaml(#[source] serde_saphyr::ser::Error),
     #[error("cannot write {path}: {source}")]
     Io {
         path: PathBuf,

@@ -178,7 +178,7 @@ impl RegistryApi for FakeRegistry {
         Box::pin(async move {
             match answer {
                 Some(Ok(s)) => Ok(s),
-                Some(Err(e)) => Err(RegistryError::Http(e)),
+                Some(Err(e)) => Err(RegistryError::Http(e.into())),
                 None => Err(RegistryError::Http("connection refused".into())),
             }
         })
@@ -207,9 +207,8 @@ impl RegistryApi for FakeRegistry {
     }
 
     fn image_client(&self, pod: &PodTarget) -> Result<Client, RegistryError> {
-        Err(RegistryError::Http(format!(
-            "no Image API for {} in this fake",
-            pod.pod
-        )))
+        Err(RegistryError::Http(
+            format!("no Image API for {} in this fake", pod.pod).into(),
+        ))
     }
 }

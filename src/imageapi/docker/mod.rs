@@ -199,8 +199,8 @@ impl Params {
 
 /// The `platform`/`platforms` query parameter parser, public only for the fuzz targets.
 #[doc(hidden)]
-pub fn parse_platform(value: &str) -> Result<Option<Platform>, String> {
-    Params::platform(value, "platform").map_err(|e| e.to_string())
+pub fn parse_platform(value: &str) -> Result<Option<Platform>, DockerError> {
+    Params::platform(value, "platform")
 }
 
 fn service(state: &AdminState) -> Result<Arc<PruneService>, DockerError> {

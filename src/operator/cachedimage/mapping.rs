@@ -38,8 +38,12 @@ const MAX_NAME: usize = 253;
 pub enum MappingError {
     #[error("no registry pod reports the image")]
     NoImage,
-    #[error("image {image}: {message}")]
-    BadDigest { image: String, message: String },
+    #[error("image {image}: {source}")]
+    BadDigest {
+        image: String,
+        #[source]
+        source: crate::digest::InvalidDigest,
+    },
     #[error(transparent)]
     Cache(#[from] DesiredError),
 }
@@ -65,11 +69,10 @@ pub fn cache_label_value(cache: &str) -> String {
 }
 
 fn parse_digest(image: &Image, raw: &str) -> Result<Digest, MappingError> {
-    raw.parse()
-        .map_err(|e: crate::digest::InvalidDigest| MappingError::BadDigest {
-            image: image.name().to_owned(),
-            message: e.to_string(),
-        })
+    raw.parse().map_err(|source| MappingError::BadDigest {
+        image: image.name().to_owned(),
+        source,
+    })
 }
 
 fn time(raw: Option<&str>) -> Option<Timestamp> {

@@ -562,7 +562,7 @@ async fn an_unknown_time_zone_and_a_bad_schedule_name_their_fields() {
     spec["schedule"] = json!("0 25 * * *");
     spec["request"]["count"] = json!(-5);
     let spec: PrunePolicySpec = serde_json::from_value(spec).unwrap();
-    let err = validate(&spec).unwrap_err();
+    let err = validate(&spec).unwrap_err().to_string();
     assert!(
         err.starts_with("spec.schedule: invalid cron schedule"),
         "{err}"

@@ -63,7 +63,7 @@ async fn reconcile_inner(obj: Arc<CachedImage>, ctx: &Context) -> Result<Action,
     .map_err(|e| match e {
         finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
         finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => e.into(),
-        other => OperatorError::Finalizer(other.to_string()),
+        other => other.into(),
     })
 }
 
