@@ -1,4 +1,8 @@
 //! Command-line interface: one binary, several subcommands.
+//!
+//! Layer: the top. Flags are parsed here and turned into the values the modules below take
+//! (a resolved [`Config`], `load::Options`, `nodeconfig::Options`, `operator::run::Options`);
+//! nothing imports this module.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

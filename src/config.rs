@@ -1,5 +1,8 @@
 //! The registry configuration: the YAML file of the design (section 2), embedded defaults, and
 //! the rule that flags win over the file.
+//!
+//! Layer: a leaf every process reads. It imports only the wire shapes ([`crate::api`]) and the
+//! value modules (digest, duration, reference, schedule): no cache, no network, no CLI.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

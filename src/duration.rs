@@ -1,4 +1,6 @@
 //! Human durations as used in config files and flags: `90s`, `15m`, `1h30m`, `7d`, `250ms`.
+//!
+//! Layer: a value module every layer may use; it imports no other module.
 
 use std::time::Duration;
 

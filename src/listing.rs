@@ -1,5 +1,8 @@
 //! Listing the cache: the rows behind `imagecache list`, `/cmd/manifest/list`,
 //! `/cmd/image/list` and `/cmd/blob/list`, and their columnar text form. Pure.
+//!
+//! Layer: rows and columns over the prune engine's inventory, shared by the CLI and the admin
+//! API; it imports neither of them.
 
 use jiff::Timestamp;
 use regex::Regex;

@@ -5,6 +5,9 @@
 //! say is added as CEL rules (`x-kubernetes-validations`) with `#[x_kube(validation = ...)]`.
 //! `crds/` in the repository is generated from here (`imagecache crds --out crds`); a test fails
 //! when the two drift.
+//!
+//! Layer: wire shapes for the apiserver. It imports only [`crate::api`] (the prune request a
+//! PrunePolicy carries) and the value modules; the operator builds on it.
 
 // kube's `printcolumn(type_ = ..)` groups repeat key-value pairs, which clippy's
 // `duplicated_attributes` mistakes for duplicated attributes.
