@@ -263,7 +263,7 @@ pub fn duration(data: &[u8]) {
 /// A `POST /admin/v1/prune` body, compiled as the engine does; line-wise also label terms and
 /// quantities.
 pub fn prune_request(data: &[u8]) {
-    use imagecache::prune::request::*;
+    use imagecache::api::prune::*;
     if let Ok(r) = serde_json::from_slice::<PruneRequest>(data)
         && let Ok(c) = r.compile()
     {
@@ -271,7 +271,7 @@ pub fn prune_request(data: &[u8]) {
     }
     let s = text(data);
     if let Ok(t) = LabelTerm::parse(line(&s, 0)) {
-        let _ = t.matches(&labels().into());
+        let _ = t.matches(&labels());
     }
     if let Ok(q) = Quantity::parse("count", line(&s, 0)) {
         let _ = (q.bytes_of(0), q.bytes_of(u64::MAX), q.bytes_of(12345));
@@ -280,7 +280,8 @@ pub fn prune_request(data: &[u8]) {
 
 /// `imagecache load` inputs: a list file, each of its references normalised.
 pub fn load_reference(data: &[u8]) {
-    use imagecache::load::*;
+    use imagecache::load::parse_list;
+    use imagecache::reference::parse_image_reference;
     let s = text(data);
     for (_, item) in parse_list(&s) {
         if let Ok(r) = parse_image_reference(item, "docker.io") {

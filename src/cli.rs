@@ -1,4 +1,8 @@
 //! Command-line interface: one binary, several subcommands.
+//!
+//! Layer: the top. Flags are parsed here and turned into the values the modules below take
+//! (a resolved [`Config`], `load::Options`, `nodeconfig::Options`, `operator::run::Options`);
+//! nothing imports this module.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,7 +38,7 @@ pub enum Command {
     /// files); the server must be stopped. Exits non-zero when problems remain.
     Verify(VerifyArgs),
     /// Preload the cache from image references, list files or image tarballs.
-    Load(crate::load::LoadArgs),
+    Load(LoadArgs),
     /// Print the operator's CustomResourceDefinitions (multi-document YAML), or write them to a
     /// directory as `<plural>.imagecache.io.yaml`.
     Crds(CrdsArgs),
@@ -118,6 +122,46 @@ impl NodeConfigArgs {
     }
 }
 
+/// `imagecache load`: what to load and from where.
+#[derive(clap::Args, Debug)]
+pub struct LoadArgs {
+    /// Image references to load, as in a list file (e.g. `quay.io/org/img:tag`).
+    #[arg(value_name = "REFERENCE")]
+    pub references: Vec<String>,
+    /// A file of image references, one per line; `#` starts a comment (repeatable).
+    #[arg(long = "list", value_name = "FILE")]
+    pub lists: Vec<PathBuf>,
+    /// A `docker save` or OCI-layout tarball, gzipped or not (repeatable).
+    #[arg(long = "tarball", value_name = "FILE")]
+    pub tarballs: Vec<PathBuf>,
+    /// Only this platform of multi-platform images, `os/arch[/variant]` (repeatable; default:
+    /// all platforms).
+    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
+    pub platforms: Vec<crate::store::Platform>,
+    /// Name for tarball images: `REGISTRY/REPO[:TAG]`. Required when a tarball carries no full
+    /// image name (e.g. an OCI layout whose `org.opencontainers.image.ref.name` is only a tag).
+    #[arg(long, value_name = "REGISTRY/REPO")]
+    pub repository: Option<String>,
+    /// Stop at the first bad reference or tarball and exit non-zero, instead of skipping it.
+    #[arg(long)]
+    pub fail_fast: bool,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+impl LoadArgs {
+    pub fn options(&self) -> crate::load::Options {
+        crate::load::Options {
+            references: self.references.clone(),
+            lists: self.lists.clone(),
+            tarballs: self.tarballs.clone(),
+            platforms: self.platforms.clone(),
+            repository: self.repository.clone(),
+            fail_fast: self.fail_fast,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct CrdsArgs {
     /// Write one file per CRD into this directory instead of printing them.
@@ -188,13 +232,13 @@ pub struct PruneArgs {
     #[arg(long)]
     pub keep_pattern: Vec<String>,
     /// Most manifests to prune (-1: no limit).
-    #[arg(long, default_value_t = crate::prune::request::DEFAULT_COUNT, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = crate::api::DEFAULT_COUNT, allow_negative_numbers = true)]
     pub count: i64,
     /// Never prune manifests first cached less than this long ago.
     #[arg(long, value_parser = parse_duration, default_value = "1h")]
     pub min_age: Duration,
     /// Refuse a run that would delete more than this share of the cache (0 to 1).
-    #[arg(long, default_value_t = crate::prune::request::DEFAULT_MAX_DELETION_RATIO)]
+    #[arg(long, default_value_t = crate::api::DEFAULT_MAX_DELETION_RATIO)]
     pub max_deletion_ratio: f64,
     /// Show what would be pruned; change nothing.
     #[arg(long)]
@@ -207,8 +251,8 @@ pub struct PruneArgs {
 }
 
 impl PruneArgs {
-    pub fn request(&self) -> crate::prune::PruneRequest {
-        crate::prune::PruneRequest {
+    pub fn request(&self) -> crate::api::PruneRequest {
+        crate::api::PruneRequest {
             unused_for: self.unused_for,
             older_than: self.older_than,
             created_before: self.date,
@@ -435,7 +479,7 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 }
 
 fn list(args: ListArgs, image_path: Option<PathBuf>) -> Result<(), CliError> {
-    let request = crate::prune::PruneRequest {
+    let request = crate::api::PruneRequest {
         patterns: args.pattern.iter().cloned().collect(),
         ..Default::default()
     };
@@ -537,7 +581,8 @@ pub fn run() -> Result<(), CliError> {
                 level: "warn".into(),
                 ..Default::default()
             });
-            crate::load::run(args, cli.image_path)?;
+            let config = args.config.resolve(cli.image_path)?;
+            crate::load::run(&args.options(), config)?;
             Ok(())
         }
         Command::Crds(args) if args.reference => {
@@ -639,6 +684,42 @@ mod tests {
         assert_eq!(r.count, Some(-1));
         assert!(r.dry_run && r.created_before.is_some());
         assert!(Cli::try_parse_from(["imagecache", "prune", "--date", "yesterday"]).is_err());
+    }
+
+    #[derive(clap::Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        load: LoadArgs,
+    }
+
+    #[test]
+    fn flags() {
+        let c = Cmd::try_parse_from([
+            "load",
+            "--list",
+            "a.txt",
+            "--list",
+            "b.txt",
+            "--tarball",
+            "x.tar.gz",
+            "--platform",
+            "linux/arm64",
+            "--platform",
+            "linux/arm/v7",
+            "--fail-fast",
+            "--config",
+            "c.yaml",
+            "--registry",
+            "upstream.test=http://127.0.0.1:5000",
+            "nginx:1.27",
+        ])
+        .unwrap();
+        assert_eq!(c.load.lists.len(), 2);
+        assert_eq!(c.load.platforms[1].variant.as_deref(), Some("v7"));
+        assert!(c.load.fail_fast);
+        assert_eq!(c.load.references, ["nginx:1.27"]);
+        assert_eq!(c.load.config.registries.len(), 1);
+        assert!(Cmd::try_parse_from(["load", "--platform", "linux"]).is_err());
     }
 
     #[test]

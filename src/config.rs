@@ -1,5 +1,8 @@
 //! The registry configuration: the YAML file of the design (section 2), embedded defaults, and
 //! the rule that flags win over the file.
+//!
+//! Layer: a leaf every process reads. It imports only the wire shapes ([`crate::api`]) and the
+//! value modules (digest, duration, reference, schedule): no cache, no network, no CLI.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,7 +11,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::duration::serde_human;
-use crate::reference::{is_host, normalize_registry};
+use crate::reference::{PlatformSpec, is_host, normalize_registry, parse_image_reference};
+
+/// Changes the Image API keeps for watchers resuming from a resourceVersion (`changeHistory`).
+/// The store starts with the same number (`store::CHANGE_HISTORY`) until the server sets this.
+pub const CHANGE_HISTORY: usize = 4096;
 
 /// Upstreams allowed by the embedded default configuration.
 pub const WELL_KNOWN_REGISTRIES: &[&str] = &[
@@ -82,7 +89,7 @@ pub struct PruneConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub frequency: Option<Duration>,
-    pub request: crate::prune::PruneRequest,
+    pub request: crate::api::PruneRequest,
 }
 
 impl PruneConfig {
@@ -125,7 +132,7 @@ impl Default for Config {
                 .map(|n| RegistryConfig::named(n))
                 .collect(),
             access_flush_interval: Duration::from_secs(10),
-            change_history: crate::store::CHANGE_HISTORY,
+            change_history: CHANGE_HISTORY,
             prune_config: PruneConfig::default(),
             preload: PreloadConfig::default(),
             log: LogConfig::default(),
@@ -280,11 +287,20 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: YamlError,
+    },
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
+
+/// Why a config text is not a configuration: YAML syntax, an unknown key, a bad value.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct YamlError(#[from] serde_saphyr::Error);
 
 impl Config {
     /// Reads a config file; keys it leaves out keep their defaults.
@@ -293,17 +309,18 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::from_yaml(&text).map_err(|message| ConfigError::Parse {
+        Config::from_yaml(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
-            message,
+            source,
         })
     }
 
-    pub fn from_yaml(text: &str) -> Result<Config, String> {
+    /// Parses a config text; keys it leaves out keep their defaults.
+    pub fn from_yaml(text: &str) -> Result<Config, YamlError> {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+        Ok(serde_saphyr::from_str(text)?)
     }
 
     /// Checks what serde cannot: hosts, endpoints, duplicates, the admin token rule.
@@ -349,11 +366,12 @@ impl Config {
             }
         }
         for image in &self.preload.images {
-            crate::load::parse_image_reference(image, &self.default_registry)
+            parse_image_reference(image, &self.default_registry)
                 .map_err(|e| ConfigError::Invalid(format!("preload.images: {e}")))?;
         }
         for platform in &self.preload.platforms {
-            crate::registry::pull::parse_platform(platform)
+            platform
+                .parse::<PlatformSpec>()
                 .map_err(|e| ConfigError::Invalid(format!("preload.platforms: {e}")))?;
         }
         self.prune_config.schedule()?;

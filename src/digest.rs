@@ -1,4 +1,6 @@
 //! Content digests (`algorithm:hex`) and incremental verification.
+//!
+//! Layer: a value module every layer may use; it imports no other module.
 
 use std::fmt;
 use std::str::FromStr;

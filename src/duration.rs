@@ -1,6 +1,12 @@
 //! Human durations as used in config files and flags: `90s`, `15m`, `1h30m`, `7d`, `250ms`.
+//!
+//! Layer: a value module every layer may use; it imports no other module.
 
 use std::time::Duration;
+
+/// What [`parse`] accepts, as a schema pattern: the config file, the CLI, the prune request and
+/// the CRDs write durations this way (`30d`, `1h30m`, `0`).
+pub const DURATION_PATTERN: &str = r"^(0|([0-9]{1,12}(ms|s|m|h|d))+)$";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(

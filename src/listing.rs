@@ -1,5 +1,8 @@
 //! Listing the cache: the rows behind `imagecache list`, `/cmd/manifest/list`,
 //! `/cmd/image/list` and `/cmd/blob/list`, and their columnar text form. Pure.
+//!
+//! Layer: rows and columns over the prune engine's inventory, shared by the CLI and the admin
+//! API; it imports neither of them.
 
 use jiff::Timestamp;
 use regex::Regex;
@@ -246,7 +249,7 @@ pub fn blob_cells(r: &BlobRow) -> Vec<String> {
 }
 
 /// The prune report as columns: decision, reason, reference, digest; totals as a comment.
-pub fn report_text(r: &crate::prune::Report, short: bool) -> String {
+pub fn report_text(r: &crate::api::Report, short: bool) -> String {
     let rows: Vec<Vec<String>> = r
         .items
         .iter()

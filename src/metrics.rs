@@ -1,5 +1,8 @@
 //! Prometheus metrics. Every label value comes from a closed set chosen by the code, never from
 //! client input, so cardinality stays bounded whatever clients send.
+//!
+//! Layer: counters, not behaviour. It reads the store's statistics and imports nothing that
+//! serves or runs (registry, upstream, prune, admin, image APIs, server, operator).
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;

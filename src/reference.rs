@@ -1,9 +1,13 @@
-//! Pure parsing of distribution API paths: which endpoint, which repository, which upstream.
+//! Pure parsing of what clients and config files name: distribution API paths (which endpoint,
+//! which repository, which upstream), image references as `load` and `preload` take them, and
+//! platforms.
 //!
-//! Nothing here touches the network or disk; the registry handlers call these functions first and
-//! map [`PathError`] to OCI error codes.
+//! Layer: a value module. It imports only [`crate::digest`]; nothing here touches the network
+//! or disk. The registry handlers call these functions first and map [`PathError`] to OCI error
+//! codes.
 
 use std::fmt;
+use std::str::FromStr;
 
 use crate::digest::{Digest, InvalidDigest};
 
@@ -270,12 +274,180 @@ pub fn normalize_registry(host: &str) -> String {
     }
 }
 
+/// An image reference as written in a list file or the config's `preload.images`, resolved to an
+/// upstream repository.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageRef {
+    pub repo: RepoPath,
+    pub tag: Option<String>,
+    pub digest: Option<Digest>,
+}
+
+impl ImageRef {
+    /// What to resolve: the digest when given (it pins the content), else the tag, else
+    /// `latest`.
+    pub fn reference(&self) -> Reference {
+        match (&self.digest, &self.tag) {
+            (Some(d), _) => Reference::Digest(d.clone()),
+            (None, Some(t)) => Reference::Tag(t.clone()),
+            (None, None) => Reference::Tag("latest".to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.repo)?;
+        if let Some(t) = &self.tag {
+            write!(f, ":{t}")?;
+        }
+        if let Some(d) = &self.digest {
+            write!(f, "@{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a string is not an image reference.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ImageRefError {
+    #[error("{0:?} is not an image reference")]
+    Syntax(String),
+    #[error(transparent)]
+    Digest(#[from] InvalidDigest),
+    #[error("invalid tag {tag:?} in {reference:?}")]
+    Tag { tag: String, reference: String },
+    #[error("invalid repository name {name:?} in {reference:?}")]
+    Name { name: String, reference: String },
+    #[error(transparent)]
+    Upstream(#[from] PathError),
+}
+
+/// Parses `[HOST/]NAME[:TAG][@DIGEST]` with the rules the registry applies to request paths:
+/// a host-like first segment names the upstream, else `default_registry` (where Docker Hub's
+/// one-segment names get `library/`).
+pub fn parse_image_reference(s: &str, default_registry: &str) -> Result<ImageRef, ImageRefError> {
+    let s = s.trim();
+    if s.is_empty() || s.chars().any(char::is_whitespace) {
+        return Err(ImageRefError::Syntax(s.to_owned()));
+    }
+    let (name_tag, digest) = match s.split_once('@') {
+        Some((n, d)) => (n, Some(d.parse::<Digest>()?)),
+        None => (s, None),
+    };
+    // A tag's colon comes after the last slash; earlier ones belong to a host:port.
+    let last = name_tag.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match name_tag[last..].rfind(':') {
+        Some(i) => (&name_tag[..last + i], Some(&name_tag[last + i + 1..])),
+        None => (name_tag, None),
+    };
+    if let Some(t) = tag
+        && !matches!(parse_reference(t), Ok(Reference::Tag(_)))
+    {
+        return Err(ImageRefError::Tag {
+            tag: t.to_owned(),
+            reference: s.to_owned(),
+        });
+    }
+    // The route parser holds the distribution name grammar; reuse it rather than restate it.
+    match parse_route(&format!("{name}/manifests/latest")) {
+        Ok(Route::Manifest { name: n, .. }) if n == name => {}
+        _ => {
+            return Err(ImageRefError::Name {
+                name: name.to_owned(),
+                reference: s.to_owned(),
+            });
+        }
+    }
+    let repo = select_upstream(name, None, default_registry)?;
+    Ok(ImageRef {
+        repo,
+        tag: tag.map(str::to_owned),
+        digest,
+    })
+}
+
+/// A platform as the CLI and the config file name it: `os/arch[/variant]`, e.g. `linux/arm64`
+/// or `linux/arm/v7`, lowercased. The store's record type converts from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlatformSpec {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid platform {0:?}: expected os/arch[/variant], e.g. linux/arm64")]
+pub struct InvalidPlatform(pub String);
+
+impl FromStr for PlatformSpec {
+    type Err = InvalidPlatform;
+
+    fn from_str(s: &str) -> Result<PlatformSpec, InvalidPlatform> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let ok = |p: &&str| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        };
+        match parts.as_slice() {
+            [os, arch] | [os, arch, _] if parts.iter().all(ok) => Ok(PlatformSpec {
+                os: os.to_ascii_lowercase(),
+                architecture: arch.to_ascii_lowercase(),
+                variant: parts.get(2).map(|v| v.to_ascii_lowercase()),
+            }),
+            _ => Err(InvalidPlatform(s.to_owned())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn digest() -> String {
         format!("sha256:{}", "ab".repeat(32))
+    }
+
+    #[test]
+    fn references_normalise_like_pulls() {
+        let p = |s| parse_image_reference(s, "docker.io").unwrap();
+        let r = p("nginx");
+        assert_eq!(r.to_string(), "docker.io/library/nginx");
+        assert_eq!(r.reference(), Reference::Tag("latest".into()));
+        assert_eq!(
+            p("docker.io/library/nginx:1.27").to_string(),
+            "docker.io/library/nginx:1.27"
+        );
+        assert_eq!(p("nginx:1.27").repo, p("index.docker.io/nginx:1.27").repo);
+        let r = p("localhost:5000/team/app");
+        assert_eq!(r.repo.registry, "localhost:5000");
+        assert_eq!(r.repo.repository, "team/app");
+        assert_eq!(r.tag, None);
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let r = p(&format!("quay.io/org/img:v1@{d}"));
+        assert_eq!(r.tag.as_deref(), Some("v1"));
+        assert_eq!(r.reference(), Reference::Digest(d.parse().unwrap()));
+        assert_eq!(r.to_string(), format!("quay.io/org/img:v1@{d}"));
+        assert_eq!(
+            parse_image_reference("team/app:V2", "upstream.test")
+                .unwrap()
+                .to_string(),
+            "upstream.test/team/app:V2"
+        );
+        for bad in [
+            "",
+            "Nginx",
+            "nginx:",
+            "nginx:-x",
+            "a b",
+            "quay.io",
+            "quay.io/org/img@sha256:xyz",
+            "org//img",
+            "../etc:1",
+        ] {
+            assert!(parse_image_reference(bad, "docker.io").is_err(), "{bad}");
+        }
     }
 
     #[test]

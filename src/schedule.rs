@@ -1,5 +1,7 @@
 //! When background work runs: a 5-field cron expression in a time zone, or a fixed frequency.
 //! Pure apart from looking the zone up in the system's time zone database.
+//!
+//! Layer: a value module every layer may use; it imports no other module.
 
 use std::time::Duration;
 

@@ -1,19 +1,26 @@
 //! `imagecache serve`: binds the listeners, loads the cache, runs until a signal.
+//!
+//! Layer: the wiring of one registry process. It composes what sits below it (the store, the
+//! upstreams, the registry's data plane, the prune service, and the admin listener with the
+//! image APIs mounted on it) and is called only by the CLI.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError};
+use crate::imageapi;
 use crate::metrics::Metrics;
 use crate::prune::PruneService;
+use crate::reference::{ImageRef, parse_image_reference};
 use crate::registry::{self, AppState};
-use crate::store::{Store, StoreError};
+use crate::store::{Platform, Store, StoreError};
 use crate::upstream::{UpstreamError, Upstreams};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +64,13 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
+/// The admin listener's app: probes, metrics and the administration API, with the Image API
+/// (kubectl) and the Docker image API mounted beside them, all behind the admin token gate.
+/// Composed here so that neither `admin` nor `imageapi` needs the other's routes.
+pub fn admin_router(state: Arc<AdminState>) -> Router {
+    admin::gate(admin::routes().merge(imageapi::routes()), state)
+}
+
 /// Runs the registry until SIGINT/SIGTERM or `shutdown` is cancelled.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     config.validate()?;
@@ -67,7 +81,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     // Admin first, so probes answer (not ready) while the index loads.
     let admin_state = AdminState::new(metrics.clone(), token, shutdown.clone());
     let admin_listener = bind(config.admin_addr).await?;
-    let admin_app = admin::router(admin_state.clone());
+    let admin_app = admin_router(admin_state.clone());
     let admin_stop = shutdown.clone();
     let admin_task = tokio::spawn(async move {
         axum::serve(admin_listener, admin_app)
@@ -168,7 +182,7 @@ async fn flush_loop(store: Arc<Store>, every: std::time::Duration, stop: Cancell
 async fn prune_loop(
     pruner: Arc<PruneService>,
     schedule: crate::schedule::Schedule,
-    request: crate::prune::PruneRequest,
+    request: crate::api::PruneRequest,
     stop: CancellationToken,
 ) {
     let mut after = jiff::Timestamp::now();
@@ -218,15 +232,15 @@ async fn preload_loop(
     preload: crate::config::PreloadConfig,
     shutdown: CancellationToken,
 ) {
-    let platforms: Vec<_> = preload
+    let platforms: Vec<Platform> = preload
         .platforms
         .iter()
-        .filter_map(|p| crate::registry::pull::parse_platform(p).ok())
+        .filter_map(|p| p.parse().ok())
         .collect();
-    let mut pending: Vec<crate::load::ImageRef> = preload
+    let mut pending: Vec<ImageRef> = preload
         .images
         .iter()
-        .filter_map(|i| crate::load::parse_image_reference(i, &state.config.default_registry).ok())
+        .filter_map(|i| parse_image_reference(i, &state.config.default_registry).ok())
         .collect();
     let mut delay = PRELOAD_BACKOFF;
     loop {

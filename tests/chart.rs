@@ -628,11 +628,18 @@ fn deploy_manifests_are_what_the_chart_renders() {
     let files: BTreeMap<String, String> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         files.keys().collect::<Vec<_>>(),
-        ["crds.yaml", "mirror.yaml", "operator.yaml"]
+        ["crds.yaml", "mirror/mirror.yaml", "operator.yaml"]
     );
     let dir = root().join("deploy");
+    let mut on_disk = yaml_names(&dir);
+    on_disk.extend(
+        yaml_names(&dir.join("mirror"))
+            .into_iter()
+            .map(|n| format!("mirror/{n}")),
+    );
+    on_disk.sort();
     assert_eq!(
-        yaml_names(&dir),
+        on_disk,
         files.keys().cloned().collect::<Vec<_>>(),
         "deploy/ holds other files than the chart renders; {REGENERATE}"
     );
@@ -653,8 +660,9 @@ fn deploy_manifests_are_what_the_chart_renders() {
     assert!(files["operator.yaml"].contains("kind: Namespace\n"));
     assert!(files["operator.yaml"].contains("kind: Deployment\n"));
     assert!(!files["operator.yaml"].contains("kind: ImageCache\n"));
-    assert_eq!(files["mirror.yaml"].matches("\nkind: ").count(), 1);
-    assert!(files["mirror.yaml"].contains("kind: ImageCache\n"));
+    let mirror = &files["mirror/mirror.yaml"];
+    assert_eq!(mirror.matches("\nkind: ").count(), 1);
+    assert!(mirror.contains("kind: ImageCache\n"));
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use imagecache::imageapi::openshift::types::Image as ImageObject;
+use imagecache::api::Image as ImageObject;
 use serde_json::{Value, json};
 use support::http::{client, get, send_body};
 use support::image::CONTAINERD_ACCEPT;

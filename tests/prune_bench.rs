@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use imagecache::api::PruneRequest;
 use imagecache::digest::Digest;
-use imagecache::prune::{self, Entry, Inventory, PruneRequest, Volume};
+use imagecache::prune::{self, Entry, Inventory, Volume};
 use imagecache::reference::RepoPath;
 use imagecache::store::{BlobRef, ManifestRecord, OCI_MANIFEST, SmallSet, Store, StrMap};
 use jiff::{SignedDuration, Timestamp};

@@ -13,9 +13,10 @@ use regex::Regex;
 
 use super::AdminState;
 use super::stream::{self, Rows};
+use crate::api::{CacheStatus, PruneRequest};
 use crate::listing;
 use crate::metrics::Trigger;
-use crate::prune::{PruneError, PruneRequest, PruneService};
+use crate::prune::{PruneError, PruneService};
 
 pub fn routes() -> Router<Arc<AdminState>> {
     Router::new()
@@ -29,7 +30,9 @@ pub fn routes() -> Router<Arc<AdminState>> {
 }
 
 /// Errors of the admin API: one line of text, or `{"error": ...}` for JSON callers.
-struct AdminError {
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct AdminError {
     status: StatusCode,
     message: String,
     json: bool,
@@ -243,16 +246,18 @@ fn seed_request(q: &HashMap<String, String>, json: bool) -> Result<PruneRequest,
 
 /// `count`, the `pattern`s and the prune request (or why it is refused) of a `/cmd/*` query.
 #[doc(hidden)]
-pub type CmdQuery = (Option<usize>, Vec<Regex>, Result<PruneRequest, String>);
+pub type CmdQuery = (Option<usize>, Vec<Regex>, Result<PruneRequest, AdminError>);
 
 /// The `/cmd/*` query parsers (`format`, `count`, `pattern`, the prune parameters) in one call, for
-/// the fuzz targets: the listing settings, and the prune request or its error message.
+/// the fuzz targets: the listing settings, and the prune request or why it is refused.
 #[doc(hidden)]
-pub fn parse_query(q: &HashMap<String, String>) -> Result<CmdQuery, String> {
+pub fn parse_query(q: &HashMap<String, String>) -> Result<CmdQuery, AdminError> {
     let json = wants_json(q);
-    let n = count(q, json).map_err(|e| e.message)?;
-    let pats = patterns(q, "pattern", json).map_err(|e| e.message)?;
-    Ok((n, pats, seed_request(q, json).map_err(|e| e.message)))
+    Ok((
+        count(q, json)?,
+        patterns(q, "pattern", json)?,
+        seed_request(q, json),
+    ))
 }
 
 fn prune_error(e: PruneError, json: bool) -> AdminError {
@@ -303,7 +308,7 @@ async fn admin_status(State(state): State<Arc<AdminState>>) -> Result<Response, 
     let store = svc.store();
     let stats = store.stats();
     let volume = crate::prune::volume(store);
-    let status = super::status::CacheStatus {
+    let status = CacheStatus {
         manifests: stats.manifests,
         blobs: stats.blobs,
         bytes: stats.bytes,

@@ -1,12 +1,16 @@
 //! The admin listener: health, readiness, metrics, the cache administration API (`/cmd/*`,
 //! `/admin/v1/prune`) and the bearer-token gate in front of everything but the probes.
+//!
+//! Layer: an HTTP surface over the prune service and the store. It owns the listener's state
+//! ([`AdminState`]) and gate; the image APIs take that state and are mounted beside these
+//! routes by `server::admin_router`. It never imports `imageapi`, the registry data plane or
+//! the operator.
 
 mod cmd;
-pub mod status;
 mod stream;
 
 #[doc(hidden)]
-pub use cmd::parse_query as parse_cmd_query;
+pub use cmd::{AdminError, CmdQuery, parse_query as parse_cmd_query};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -54,14 +58,20 @@ impl AdminState {
 /// beyond).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
-pub fn router(state: Arc<AdminState>) -> Router {
+/// The admin listener's own routes: probes, metrics, `/cmd/*` and `/admin/v1/*`.
+pub fn routes() -> Router<Arc<AdminState>> {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(cmd::routes())
-        .merge(crate::imageapi::openshift::routes())
-        .merge(crate::imageapi::docker::routes())
+}
+
+/// Puts the admin listener's gates in front of `routes` (these and whatever is mounted beside
+/// them, such as the image APIs): the bearer token for everything but the probes and metrics,
+/// and the request body limit.
+pub fn gate(routes: Router<Arc<AdminState>>, state: Arc<AdminState>) -> Router {
+    routes
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
@@ -169,7 +179,7 @@ mod tests {
             Some("s3cret".into()),
             CancellationToken::new(),
         );
-        let app = router(state.clone());
+        let app = gate(routes(), state.clone());
         assert_eq!(status(&app, "/healthz", None).await, StatusCode::OK);
         assert_eq!(
             status(&app, "/readyz", None).await,

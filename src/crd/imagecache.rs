@@ -9,7 +9,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{DURATION_PATTERN, NAME_PATTERN, PLATFORM_PATTERN, STORAGE_SIZE_PATTERN};
+use super::{NAME_PATTERN, PLATFORM_PATTERN, STORAGE_SIZE_PATTERN};
+use crate::duration::DURATION_PATTERN;
 
 /// The desired cache: its pods, volumes, upstreams and how nodes and clients reach it.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

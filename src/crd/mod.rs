@@ -5,6 +5,9 @@
 //! say is added as CEL rules (`x-kubernetes-validations`) with `#[x_kube(validation = ...)]`.
 //! `crds/` in the repository is generated from here (`imagecache crds --out crds`); a test fails
 //! when the two drift.
+//!
+//! Layer: wire shapes for the apiserver. It imports only [`crate::api`] (the prune request a
+//! PrunePolicy carries) and the value modules; the operator builds on it.
 
 // kube's `printcolumn(type_ = ..)` groups repeat key-value pairs, which clippy's
 // `duplicated_attributes` mistakes for duplicated attributes.
@@ -36,11 +39,6 @@ pub const GROUP: &str = "imagecache.io";
 /// The served and stored version.
 pub const VERSION: &str = "v1alpha1";
 
-/// A duration as the config file, the CLI and the prune request write it (`30d`, `1h30m`, `0`).
-pub const DURATION_PATTERN: &str = r"^(0|([0-9]{1,12}(ms|s|m|h|d))+)$";
-/// A size (`500Mi`, `20G`, `1.5Ti`, `1024`) or a share of the volume (`80%`).
-pub const SIZE_OR_PERCENT_PATTERN: &str =
-    r"^(([0-9]+(\.[0-9]+)?(k|K|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?)|([0-9]+(\.[0-9]+)?%))$";
 /// A volume size: an unsigned Kubernetes quantity of bytes (`20Gi`, `500M`, `1.5Ti`, `1e9`), so a
 /// size the claim would refuse (`20GB`, `-1Gi`) is refused when the ImageCache is applied. It
 /// checks the string form only; the integer form (`21474836480`) is a count of bytes.
@@ -110,7 +108,7 @@ pub fn file_name(crd: &CustomResourceDefinition) -> String {
 
 /// One CRD as YAML.
 pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, CrdError> {
-    serde_saphyr::to_string(crd).map_err(|e| CrdError::Yaml(e.to_string()))
+    serde_saphyr::to_string(crd).map_err(CrdError::Yaml)
 }
 
 /// All CRDs as one multi-document YAML stream.
@@ -142,7 +140,7 @@ pub fn write_dir(dir: &Path) -> Result<Vec<PathBuf>, CrdError> {
 #[derive(Debug, thiserror::Error)]
 pub enum CrdError {
     #[error("cannot render a CRD as YAML: {0}")]
-    Yaml(String),
+    Yaml(#[source] serde_saphyr::ser::Error),
     #[error("cannot write {path}: {source}")]
     Io {
         path: PathBuf,

@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{CRON_PATTERN, CacheRef};
-use crate::prune::PruneRequest;
+use crate::api::PruneRequest;
 
 /// Most runs kept in `status.history`.
 pub const HISTORY_LIMIT: usize = 10;

@@ -3,6 +3,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 
 use super::*;
+use crate::api::{Quantity, SIZE_OR_PERCENT_PATTERN};
+use crate::duration::DURATION_PATTERN;
 
 /// The CRDs as `imagecache crds` prints them, parsed back.
 fn parsed() -> Vec<CustomResourceDefinition> {
@@ -200,7 +202,7 @@ fn patterns_agree_with_the_parsers() {
     let size = regex::Regex::new(SIZE_OR_PERCENT_PATTERN).unwrap();
     for ok in ["500Mi", "20G", "1.5Ti", "1024", "80%", "12.5%"] {
         assert!(size.is_match(ok), "{ok}");
-        crate::prune::request::Quantity::parse("maxUsedSpace", ok).unwrap();
+        Quantity::parse("maxUsedSpace", ok).unwrap();
     }
     for bad in ["", "Gi", "20GB", "-1", "80 %", "1e3"] {
         assert!(!size.is_match(bad), "{bad}");

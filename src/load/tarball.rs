@@ -18,9 +18,8 @@ use indicatif::ProgressBar;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::parse_image_reference;
 use crate::digest::{Algorithm, Digest, Hasher};
-use crate::reference::RepoPath;
+use crate::reference::{RepoPath, parse_image_reference};
 use crate::registry::pull::platform_matches;
 use crate::store::{
     DOCKER_MANIFEST, Platform, Store, StoreError, is_index_media_type, parse_manifest,
@@ -860,8 +859,12 @@ fn plan_docker(scan: &Scan<'_>, options: &Options<'_>) -> Result<Plan, TarballEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::pull::parse_platform;
+    use crate::reference::InvalidPlatform;
     use crate::store::OCI_INDEX;
+
+    fn parse_platform(s: &str) -> Result<Platform, InvalidPlatform> {
+        s.parse()
+    }
 
     const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 

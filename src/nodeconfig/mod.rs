@@ -8,6 +8,9 @@
 //!
 //! - [`render`]: pure: registry + mirror + runtime -> file path and content.
 //! - [`files`]: compare, atomic write, marker-guarded removal.
+//!
+//! Layer: node files from a mirror URL. It imports only the value modules: no cache, no
+//! cluster.
 
 pub mod files;
 pub mod render;

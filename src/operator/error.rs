@@ -1,6 +1,8 @@
 //! The operator's error type: one enum for everything a reconcile can hit. Reconcilers never
 //! panic on it; the controllers requeue with backoff and surface it in a condition.
 
+use kube::runtime::finalizer;
+
 use super::desired::DesiredError;
 
 #[derive(Debug, thiserror::Error)]
@@ -9,6 +11,8 @@ pub enum OperatorError {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Desired(#[from] DesiredError),
+    /// One or more registry pods failed; `message` joins each pod's error (one source cannot
+    /// stand for several).
     #[error("registry pod {pod}: {message}")]
     Registry { pod: String, message: String },
     /// The spec passed the schema but cannot be acted on (a bad regex, an unknown time zone).
@@ -17,10 +21,10 @@ pub enum OperatorError {
     #[error("object has no {0}")]
     MissingField(&'static str),
     #[error("finalizer: {0}")]
-    Finalizer(String),
+    Finalizer(#[source] Box<finalizer::Error<OperatorError>>),
     /// The operator process cannot start (its listener, its HTTP client).
     #[error("cannot start the operator: {0}")]
-    Startup(String),
+    Startup(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("lost the leader lease; exiting so a fresh process rejoins the election")]
     LostLeadership,
 }
@@ -55,8 +59,8 @@ impl OperatorError {
     }
 }
 
-impl<E: std::error::Error + 'static> From<kube::runtime::finalizer::Error<E>> for OperatorError {
-    fn from(e: kube::runtime::finalizer::Error<E>) -> Self {
-        OperatorError::Finalizer(e.to_string())
+impl From<finalizer::Error<OperatorError>> for OperatorError {
+    fn from(e: finalizer::Error<OperatorError>) -> Self {
+        OperatorError::Finalizer(Box::new(e))
     }
 }

@@ -18,8 +18,7 @@ use serde_json::Value;
 use super::context::{Context, Settings};
 use super::metrics::OperatorMetrics;
 use super::pods::{BoxFuture, PodTarget, RegistryApi, RegistryError};
-use crate::admin::status::CacheStatus;
-use crate::prune::{PruneRequest, Report};
+use crate::api::{CacheStatus, PruneRequest, Report};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
@@ -179,7 +178,7 @@ impl RegistryApi for FakeRegistry {
         Box::pin(async move {
             match answer {
                 Some(Ok(s)) => Ok(s),
-                Some(Err(e)) => Err(RegistryError::Http(e)),
+                Some(Err(e)) => Err(RegistryError::Http(e.into())),
                 None => Err(RegistryError::Http("connection refused".into())),
             }
         })
@@ -208,9 +207,8 @@ impl RegistryApi for FakeRegistry {
     }
 
     fn image_client(&self, pod: &PodTarget) -> Result<Client, RegistryError> {
-        Err(RegistryError::Http(format!(
-            "no Image API for {} in this fake",
-            pod.pod
-        )))
+        Err(RegistryError::Http(
+            format!("no Image API for {} in this fake", pod.pod).into(),
+        ))
     }
 }

@@ -13,6 +13,10 @@
 //! - [`leader`]: leader election on a Lease; [`run`]: `imagecache operator` (health, metrics,
 //!   election, the three controllers, graceful shutdown).
 //! - [`context`], [`error`], [`metrics`]: what the reconcilers share.
+//!
+//! Layer: a client of the cluster and of the registry pods. It talks to the pods over HTTP
+//! with the shapes of [`crate::api`] and builds on [`crate::crd`]; it never touches the store,
+//! the prune engine or the registry's code.
 
 pub mod cachedimage;
 pub mod conditions;

@@ -15,9 +15,8 @@ use kube::{Api, Client, ResourceExt};
 
 use super::desired::{self, ADMIN_PORT, ADMIN_TOKEN_KEY, CONTAINER_NAME};
 use super::error::OperatorError;
-use crate::admin::status::CacheStatus;
+use crate::api::{CacheStatus, PruneRequest, Report};
 use crate::crd::ImageCache;
-use crate::prune::{PruneRequest, Report};
 
 /// Name of the registry container's admin port in the pod spec.
 pub const ADMIN_PORT_NAME: &str = "admin";
@@ -154,12 +153,15 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Why a registry pod could not be asked.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("{0}")]
-    Http(String),
+    /// The request could not be made or its answer not read. The message carries the whole
+    /// chain of causes on one line (it ends up in conditions and events); the source is kept.
+    #[error("{}", error_chain(.0.as_ref()))]
+    Http(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The pod answered with an error status and this message.
     #[error("HTTP {status}: {message}")]
     Status { status: u16, message: String },
     #[error("unexpected answer: {0}")]
-    Decode(String),
+    Decode(#[source] serde_json::Error),
 }
 
 impl RegistryError {
@@ -203,7 +205,7 @@ impl HttpRegistry {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
-            .map_err(|e| RegistryError::Http(e.to_string()))?;
+            .map_err(|e| RegistryError::Http(e.into()))?;
         Ok(HttpRegistry { http })
     }
 
@@ -224,12 +226,12 @@ impl HttpRegistry {
 async fn decode<T: serde::de::DeserializeOwned>(
     resp: Result<reqwest::Response, reqwest::Error>,
 ) -> Result<T, RegistryError> {
-    let resp = resp.map_err(|e| RegistryError::Http(error_chain(&e)))?;
+    let resp = resp.map_err(|e| RegistryError::Http(e.into()))?;
     let status = resp.status();
     let body = resp
         .bytes()
         .await
-        .map_err(|e| RegistryError::Http(error_chain(&e)))?;
+        .map_err(|e| RegistryError::Http(e.into()))?;
     if !status.is_success() {
         // The admin API answers errors as {"error": "..."}.
         let message = serde_json::from_slice::<serde_json::Value>(&body)
@@ -241,10 +243,10 @@ async fn decode<T: serde::de::DeserializeOwned>(
             message,
         });
     }
-    serde_json::from_slice(&body).map_err(|e| RegistryError::Decode(e.to_string()))
+    serde_json::from_slice(&body).map_err(RegistryError::Decode)
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -276,8 +278,7 @@ impl RegistryApi for HttpRegistry {
         request: &'a PruneRequest,
     ) -> BoxFuture<'a, Result<Report, RegistryError>> {
         Box::pin(async move {
-            let body =
-                serde_json::to_vec(request).map_err(|e| RegistryError::Decode(e.to_string()))?;
+            let body = serde_json::to_vec(request).map_err(RegistryError::Decode)?;
             let resp = self
                 .request(reqwest::Method::POST, pod, "/admin/v1/prune")
                 .timeout(PRUNE_TIMEOUT)
@@ -293,14 +294,14 @@ impl RegistryApi for HttpRegistry {
         let url = pod
             .base_url
             .parse()
-            .map_err(|e: axum::http::uri::InvalidUri| RegistryError::Http(e.to_string()))?;
+            .map_err(|e: axum::http::uri::InvalidUri| RegistryError::Http(e.into()))?;
         let mut config = kube::Config::new(url);
         if let Some(token) = &pod.token {
             config.auth_info.token = Some(token.clone().into());
         }
         // Watches are long; the pod ends them with timeoutSeconds and the watcher resumes.
         config.read_timeout = Some(Duration::from_secs(330));
-        Client::try_from(config).map_err(|e| RegistryError::Http(e.to_string()))
+        Client::try_from(config).map_err(|e| RegistryError::Http(e.into()))
     }
 }
 

@@ -33,12 +33,20 @@ pub struct Options {
     pub settings: Settings,
 }
 
+/// The health and metrics listener cannot be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+struct ListenError {
+    addr: SocketAddr,
+    source: std::io::Error,
+}
+
 /// Runs until `shutdown` is cancelled (SIGTERM/SIGINT do it) or leadership is lost (an error,
 /// so the pod restarts and rejoins the election as client-go operators do).
 pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), OperatorError> {
     let client = Client::try_default().await?;
     let metrics = Arc::new(OperatorMetrics::new());
-    let registry = HttpRegistry::new().map_err(|e| OperatorError::Startup(e.to_string()))?;
+    let registry = HttpRegistry::new().map_err(|e| OperatorError::Startup(e.into()))?;
     let ctx = Arc::new(Context::new(
         client.clone(),
         Arc::new(registry),
@@ -48,8 +56,11 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Op
     spawn_signal_handler(shutdown.clone());
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
-        .map_err(|e| {
-            OperatorError::InvalidSpec(format!("cannot listen on {}: {e}", options.listen))
+        .map_err(|source| {
+            OperatorError::Startup(Box::new(ListenError {
+                addr: options.listen,
+                source,
+            }))
         })?;
     tracing::info!(listen = %options.listen, namespace = options.namespace.as_deref().unwrap_or("(all)"), "operator starting");
     let server = tokio::spawn(

@@ -1,13 +1,9 @@
-//! Applying a plan to the live store, and the report every surface returns.
-
-use std::collections::BTreeMap;
+//! Applying a plan to the live store, and the [`Report`] every surface returns.
 
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
 
-use super::plan::{Decision, Entry, Inventory, Item, Totals, Volume, plan};
-use super::request::{PruneRequest, RequestError};
-use crate::digest::Digest;
+use super::plan::{Entry, Inventory, Volume, plan};
+use crate::api::{Decision, PruneRequest, Report, RequestError, Totals};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -16,25 +12,6 @@ pub enum PruneError {
     Request(#[from] RequestError),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// What a prune did (or, dry, would do).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct Report {
-    pub dry_run: bool,
-    /// Every manifest considered, least recently pulled first.
-    pub items: Vec<Item>,
-    /// Removed (or, dry, to be removed).
-    pub totals: Totals,
-    pub protected: BTreeMap<String, u64>,
-    pub kept: BTreeMap<String, u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refused: Option<String>,
-    /// Blobs removed (or to be removed).
-    pub blobs: Vec<Digest>,
-    pub started: Timestamp,
-    pub duration_ms: u64,
 }
 
 /// Size and free space of the volume holding the cache, when the file system tells.

@@ -4,12 +4,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::request::Compiled;
+use crate::api::{Compiled, Decision, Item, Labels, Totals};
 use crate::digest::{Digest, DigestMap, DigestSet};
 use crate::reference::{RepoPath, select_upstream};
-use crate::store::{BlobTable, ManifestRecord};
+use crate::store::{BlobTable, ManifestRecord, StrMap};
 
 /// One cached manifest as the planner sees it.
 #[derive(Clone, Debug)]
@@ -54,6 +54,13 @@ pub struct Volume {
     pub free: u64,
 }
 
+/// The planner matches label selectors against the records' compact label maps.
+impl Labels for StrMap {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key)
+    }
+}
+
 /// A snapshot of the cache.
 #[derive(Clone, Debug, Default)]
 pub struct Inventory {
@@ -67,39 +74,6 @@ impl Inventory {
     pub fn used_bytes(&self) -> u64 {
         self.blob_sizes.bytes()
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Decision {
-    Prune,
-    Keep,
-    Protected,
-}
-
-impl std::fmt::Display for Decision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Decision::Prune => "prune",
-            Decision::Keep => "keep",
-            Decision::Protected => "protected",
-        })
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Item {
-    pub reference: String,
-    pub digest: Digest,
-    pub decision: Decision,
-    pub reason: String,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Totals {
-    pub manifests: u64,
-    pub blobs: u64,
-    pub bytes: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]

@@ -3,9 +3,8 @@
 
 use std::sync::Arc;
 
-use super::exec::{PruneError, Report, run};
-use super::request::PruneRequest;
-use crate::admin::status::PruneSummary;
+use super::exec::{PruneError, run};
+use crate::api::{PruneRequest, PruneSummary, Report};
 use crate::metrics::{Metrics, PruneLabels, RunOutcome, Trigger};
 use crate::store::Store;
 

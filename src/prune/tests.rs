@@ -8,6 +8,7 @@ use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
 
 use super::*;
+use crate::api::{Compiled, Decision, PruneRequest, Report, Totals};
 use crate::digest::Digest;
 use crate::reference::RepoPath;
 use crate::store::{BlobRef, ChildRef, ManifestRecord, SmallSet, StrMap};

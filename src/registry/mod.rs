@@ -1,4 +1,7 @@
 //! The distribution pull API (`/v2/...`): routing, upstream selection and the handlers.
+//!
+//! Layer: the data plane, over the [`crate::store`] and the [`crate::upstream`] clients. It knows
+//! no prune engine, no admin or image API and no operator (and no Kubernetes at all).
 
 mod blobs;
 pub mod error;

@@ -40,26 +40,6 @@ pub struct PullSummary {
     pub platforms_skipped: u64,
 }
 
-/// Parses `os/arch[/variant]`, e.g. `linux/arm64` or `linux/arm/v7`.
-pub fn parse_platform(s: &str) -> Result<Platform, String> {
-    let parts: Vec<&str> = s.split('/').collect();
-    let ok = |p: &&str| {
-        !p.is_empty()
-            && p.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-    };
-    match parts.as_slice() {
-        [os, arch] | [os, arch, _] if parts.iter().all(ok) => Ok(Platform {
-            os: os.to_ascii_lowercase().into(),
-            architecture: arch.to_ascii_lowercase().into(),
-            variant: parts.get(2).map(|v| v.to_ascii_lowercase().into()),
-        }),
-        _ => Err(format!(
-            "invalid platform {s:?}: expected os/arch[/variant], e.g. linux/arm64"
-        )),
-    }
-}
-
 /// Whether `candidate` (an index entry's platform) is one of `wanted`; an empty filter wants
 /// everything. A filter without a variant matches every variant; a missing variant on 64-bit
 /// and 32-bit ARM means the usual one (v8, v7), as containerd reads it.
@@ -294,8 +274,13 @@ mod tests {
 
     use crate::config::{Config, RegistryConfig};
     use crate::metrics::Metrics;
+    use crate::reference::InvalidPlatform;
     use crate::store::{DOCKER_MANIFEST, OCI_INDEX, Store};
     use crate::upstream::Upstreams;
+
+    fn parse_platform(s: &str) -> Result<Platform, InvalidPlatform> {
+        s.parse()
+    }
 
     #[test]
     fn platforms_parse() {

@@ -11,6 +11,9 @@
 //! Every file is written to `tmp/`, fsynced and renamed into place, so a crash leaves either the
 //! old state or the new one, plus temp files that the next open removes. The API is synchronous
 //! and free of HTTP types; async callers wrap it in `spawn_blocking` where it touches the disk.
+//!
+//! Layer: the bottom of the server side. It imports only the value modules (digest,
+//! reference): it knows no HTTP, no Kubernetes, no configuration and no prune policy.
 
 mod blob_table;
 mod compact;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::compact::{Atom, SmallSet, StrMap};
 use crate::digest::Digest;
-use crate::reference::RepoPath;
+use crate::reference::{InvalidPlatform, PlatformSpec, RepoPath};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -39,6 +39,25 @@ impl std::fmt::Display for Platform {
             write!(f, "/{v}")?;
         }
         Ok(())
+    }
+}
+
+impl From<PlatformSpec> for Platform {
+    fn from(p: PlatformSpec) -> Platform {
+        Platform {
+            os: p.os.into(),
+            architecture: p.architecture.into(),
+            variant: p.variant.map(Into::into),
+        }
+    }
+}
+
+/// `os/arch[/variant]`, as the CLI and the config file write it ([`PlatformSpec`]).
+impl std::str::FromStr for Platform {
+    type Err = InvalidPlatform;
+
+    fn from_str(s: &str) -> Result<Platform, InvalidPlatform> {
+        s.parse::<PlatformSpec>().map(Platform::from)
     }
 }
 

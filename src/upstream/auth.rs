@@ -32,12 +32,30 @@ pub enum CredentialError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path} is not a Docker config.json: {message}")]
-    DockerConfig { path: String, message: String },
+    #[error("{path} is not a Docker config.json: {source}")]
+    DockerConfig {
+        path: String,
+        #[source]
+        source: DockerConfigError,
+    },
     #[error("{path} has no credentials for {registry}")]
     NoEntry { path: String, registry: String },
     #[error("auth for {0}: username given without passwordFile")]
     Incomplete(String),
+}
+
+/// Why a Docker `config.json` cannot be read for credentials. The auth entries' own decoding
+/// errors are not kept: their bytes are the secret.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerConfigError {
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("an auth entry is not base64")]
+    NotBase64,
+    #[error("an auth entry is not UTF-8")]
+    NotUtf8,
+    #[error("an auth entry is not user:password")]
+    NotUserPassword,
 }
 
 /// Loads the credentials configured for `registry` (`username` + `passwordFile`, or a Docker
@@ -56,9 +74,9 @@ pub fn load_credentials(
     if let Some(file) = &auth.docker_config_file {
         let text = read(file)?;
         return docker_config_lookup(&text, registry, endpoint_host)
-            .map_err(|message| CredentialError::DockerConfig {
+            .map_err(|source| CredentialError::DockerConfig {
                 path: file.display().to_string(),
-                message,
+                source,
             })?
             .map(Some)
             .ok_or_else(|| CredentialError::NoEntry {
@@ -82,7 +100,7 @@ pub fn docker_config_lookup(
     text: &str,
     registry: &str,
     endpoint_host: &str,
-) -> Result<Option<Credentials>, String> {
+) -> Result<Option<Credentials>, DockerConfigError> {
     #[derive(serde::Deserialize)]
     struct Entry {
         auth: Option<String>,
@@ -94,7 +112,7 @@ pub fn docker_config_lookup(
         #[serde(default)]
         auths: HashMap<String, Entry>,
     }
-    let file: File = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let file: File = serde_json::from_str(text)?;
     let strip = |k: &str| {
         let k = k
             .trim_start_matches("https://")
@@ -127,12 +145,11 @@ pub fn docker_config_lookup(
     };
     let decoded = STANDARD
         .decode(auth.trim())
-        .map_err(|_| "an auth entry is not base64".to_owned())?;
-    let decoded =
-        String::from_utf8(decoded).map_err(|_| "an auth entry is not UTF-8".to_owned())?;
+        .map_err(|_| DockerConfigError::NotBase64)?;
+    let decoded = String::from_utf8(decoded).map_err(|_| DockerConfigError::NotUtf8)?;
     let (u, p) = decoded
         .split_once(':')
-        .ok_or_else(|| "an auth entry is not user:password".to_owned())?;
+        .ok_or(DockerConfigError::NotUserPassword)?;
     Ok(Some(Credentials {
         username: u.to_owned(),
         password: p.to_owned(),

@@ -1,6 +1,9 @@
 //! HTTP clients for the upstream registries of the allowlist. One pooled client per upstream, so
 //! connections are reused across pulls; bearer tokens are cached per repository scope. Every
 //! request goes through the SSRF [`guard`] (the rules are documented there).
+//!
+//! Layer: below the data plane. It reads the [`crate::config`] and counts retries in
+//! [`crate::metrics`]; it knows no store, no registry handler, no admin surface and no cluster.
 
 pub mod auth;
 pub mod guard;

@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::path::Path;
 use std::process::{Output, Stdio};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Event, Namespace};
@@ -12,6 +11,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Field manager of what the suite applies.
 pub const MANAGER: &str = "imagecache-e2e";
@@ -25,7 +25,7 @@ pub const NS_LABEL: &str = "e2e.imagecache.io/run";
 pub const WAIT: Duration = Duration::from_secs(120);
 
 /// Tests share the cluster (read) unless they reinstall the CRDs (write).
-static CLUSTER: RwLock<()> = RwLock::new(());
+static CLUSTER: RwLock<()> = RwLock::const_new(());
 
 /// The cluster, held shared or exclusively for the length of a test.
 pub struct Env {
@@ -36,7 +36,7 @@ pub struct Env {
 
 /// The cluster with `deploy/` installed, shared with the other tests.
 pub async fn shared() -> Env {
-    let guard = CLUSTER.read().unwrap_or_else(|e| e.into_inner());
+    let guard = CLUSTER.read().await;
     let client = client().await;
     install_deploy_manifests(&client).await;
     Env {
@@ -49,7 +49,7 @@ pub async fn shared() -> Env {
 /// The cluster for this test alone (it removes and reinstalls the CRDs); `deploy/` is not
 /// installed for it.
 pub async fn exclusive() -> Env {
-    let guard = CLUSTER.write().unwrap_or_else(|e| e.into_inner());
+    let guard = CLUSTER.write().await;
     let client = client().await;
     Env {
         client,

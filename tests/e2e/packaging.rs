@@ -184,21 +184,41 @@ async fn helm_and_plain_manifests_install_upgrade_and_leave_nothing() {
     kubectl(&["delete", "namespace", &ns, "--wait"]);
     wait_no_crds(&client).await;
 
-    // kubectl apply -f deploy/ and delete: the same objects, and nothing left after.
+    // kubectl apply -f deploy/ (the CRDs and the operator), then deploy/mirror/ once the CRDs
+    // are served; delete both: nothing left. No warning on the way (an unknown schema format,
+    // a deprecated field).
     let apply = kubectl_output(&["apply", "--server-side", "-f", path_str(&deploy)], None);
+    let stderr = String::from_utf8_lossy(&apply.stderr);
     assert!(
-        apply.status.success(),
-        "{}",
-        String::from_utf8_lossy(&apply.stderr)
+        apply.status.success() && stderr.trim().is_empty(),
+        "{stderr}"
     );
     harness::wait_crds_established(&client).await;
+    let mirror = deploy.join("mirror");
+    kubectl(&["apply", "--server-side", "-f", path_str(&mirror)]);
+    let ic = kubectl(&[
+        "get",
+        "imagecaches",
+        "-n",
+        harness::OPERATOR_NS,
+        "-o",
+        "name",
+    ]);
+    assert_eq!(ic.trim(), "imagecache.imagecache.io/imagecache-mirror");
     let applied = objects("app.kubernetes.io/part-of=imagecache");
     assert!(
         applied.contains("deployment.apps/imagecache-operator")
             && applied.contains("clusterrole.rbac.authorization.k8s.io/imagecache-operator"),
         "{applied:?}"
     );
-    kubectl(&["delete", "-f", path_str(&deploy), "--wait"]);
+    kubectl(&[
+        "delete",
+        "-f",
+        path_str(&mirror),
+        "-f",
+        path_str(&deploy),
+        "--wait",
+    ]);
     wait_no_crds(&client).await;
     eventually("deploy/'s objects to be gone", WAIT, || async {
         objects("app.kubernetes.io/part-of=imagecache")

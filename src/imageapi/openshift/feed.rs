@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use super::selector::{FieldSelector, LabelSelector};
-use super::types::{Field, Image, encode_json};
+use super::types::{self, Field, encode_json};
+use crate::api::Image;
 use crate::store::{Change, ChangeKind, Expired, Store};
 
 /// Most events the feed keeps; older ones are read from the store when someone needs them.
@@ -87,7 +88,7 @@ pub struct FeedEvent {
 
 impl FeedEvent {
     pub fn from_change(c: &Change) -> FeedEvent {
-        let image = Image::from_record(&c.record, &c.tags, c.revision);
+        let image = types::from_record(&c.record, &c.tags, c.revision);
         let kind = EventType::from(c.kind);
         let (line, object_start) = event_line(kind.as_str(), &encode_json(&image));
         FeedEvent {

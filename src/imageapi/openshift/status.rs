@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::selector::SelectorError;
-use super::types::{GROUP, PLURAL};
+use crate::api::image::{GROUP, PLURAL};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

@@ -6,7 +6,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::types::{ANNOTATION_LAST_PULLED, ANNOTATION_TAGS, Image};
+use crate::api::human_size;
+use crate::api::image::{ANNOTATION_LAST_PULLED, ANNOTATION_TAGS, Image};
 
 /// What each row carries besides its cells (`includeObject`); kubectl needs the metadata for
 /// `--show-labels`, `-L` and sorting.
@@ -156,25 +157,6 @@ fn short_tags(annotation: &str) -> String {
     }
 }
 
-/// Binary units with one decimal below 100: `900B`, `1.5KiB`, `27.8MiB`, `512MiB`.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes}B");
-    }
-    let mut v = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if v < 100.0 {
-        format!("{v:.1}{}", UNITS[unit])
-    } else {
-        format!("{v:.0}{}", UNITS[unit])
-    }
-}
-
 /// Elapsed time the way kubectl prints ages: `45s`, `3m20s`, `25m`, `5h10m`, `20h`, `3d4h`,
 /// `90d`, `2y30d`, `9y`.
 pub fn human_since(then: Timestamp, now: Timestamp) -> String {
@@ -231,7 +213,6 @@ pub fn human_since(then: Timestamp, now: Timestamp) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::imageapi::openshift::types::{ANNOTATION_LAST_PULLED, ANNOTATION_TAGS};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
     use std::collections::BTreeMap;
 
@@ -258,15 +239,6 @@ mod tests {
         assert_eq!(ago(90 * 86400), "90d");
         assert_eq!(ago(760 * 86400), "2y30d");
         assert_eq!(ago(9 * 365 * 86400), "9y");
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(human_size(900), "900B");
-        assert_eq!(human_size(1536), "1.5KiB");
-        assert_eq!(human_size(29_150_000), "27.8MiB");
-        assert_eq!(human_size(512 << 20), "512MiB");
-        assert_eq!(human_size(3 << 30), "3.0GiB");
     }
 
     #[test]

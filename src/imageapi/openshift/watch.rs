@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 use super::feed::{EventType, Feed, FeedEvent, Filter, event_line};
 use super::status::ApiError;
 use super::table::{self, TableFormat};
-use super::types::{API_VERSION, Image, KIND, encode_json, relabel_api_version};
+use super::types::{self, encode_json, relabel_api_version};
+use crate::api::image::{API_VERSION, Image, KIND};
 use crate::store::{Expired, Store};
 
 /// How often a watcher that asked for bookmarks gets one.
@@ -85,7 +86,7 @@ pub fn watch(
             let mut images: Vec<Image> = snap
                 .manifests
                 .iter()
-                .map(|(r, tags)| Image::from_record(r, tags, revs.of(&r.digest.to_string())))
+                .map(|(r, tags)| types::from_record(r, tags, revs.of(&r.digest.to_string())))
                 .filter(|i| req.filter.matches(i))
                 .collect();
             images.sort_by(|a, b| a.name().cmp(b.name()));
@@ -199,9 +200,13 @@ impl Watch {
 
     fn image_line(&self, kind: EventType, image: &Image) -> Bytes {
         match self.output.table {
-            None => {
-                Bytes::from(event_line(kind.as_str(), &image.encode(self.output.api_version)).0)
-            }
+            None => Bytes::from(
+                event_line(
+                    kind.as_str(),
+                    &types::encode(image, self.output.api_version),
+                )
+                .0,
+            ),
             Some(format) => self.table_line(kind, image, format),
         }
     }

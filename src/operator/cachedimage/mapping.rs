@@ -18,12 +18,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::ResourceExt;
 use sha2::{Digest as _, Sha256};
 
-use crate::crd::{CacheRef, CachedImage, CachedImageSpec, ImageCache, ImageLayer};
-use crate::digest::Digest;
-use crate::imageapi::openshift::types::{
+use crate::api::image::{
     ANNOTATION_LAST_PULLED, ANNOTATION_TAGS, Image, LABEL_REGISTRY, LABEL_REPOSITORY, LABEL_TYPE,
     label_value,
 };
+use crate::crd::{CacheRef, CachedImage, CachedImageSpec, ImageCache, ImageLayer};
+use crate::digest::Digest;
 use crate::operator::desired::{self, DesiredError};
 
 /// Label every CachedImage carries: the (label-safe) name of its ImageCache.
@@ -38,8 +38,12 @@ const MAX_NAME: usize = 253;
 pub enum MappingError {
     #[error("no registry pod reports the image")]
     NoImage,
-    #[error("image {image}: {message}")]
-    BadDigest { image: String, message: String },
+    #[error("image {image}: {source}")]
+    BadDigest {
+        image: String,
+        #[source]
+        source: crate::digest::InvalidDigest,
+    },
     #[error(transparent)]
     Cache(#[from] DesiredError),
 }
@@ -65,11 +69,10 @@ pub fn cache_label_value(cache: &str) -> String {
 }
 
 fn parse_digest(image: &Image, raw: &str) -> Result<Digest, MappingError> {
-    raw.parse()
-        .map_err(|e: crate::digest::InvalidDigest| MappingError::BadDigest {
-            image: image.name().to_owned(),
-            message: e.to_string(),
-        })
+    raw.parse().map_err(|source| MappingError::BadDigest {
+        image: image.name().to_owned(),
+        source,
+    })
 }
 
 fn time(raw: Option<&str>) -> Option<Timestamp> {
@@ -153,9 +156,7 @@ pub fn desired(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::imageapi::openshift::types::{
-        DockerImageMetadata, ImageLayer as ApiLayer, ImageManifest,
-    };
+    use crate::api::image::{DockerImageMetadata, ImageLayer as ApiLayer, ImageManifest};
     use serde_json::json;
 
     pub(crate) fn d(c: char) -> Digest {

@@ -28,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::mapping::CACHE_LABEL;
 use super::state::{CacheSync, Input, Write};
+use crate::api::Image;
 use crate::crd::{CachedImage, ImageCache};
-use crate::imageapi::openshift::types::Image;
 use crate::operator::context::{Context, MANAGER, scoped_api};
 use crate::operator::desired::{APP_NAME, COMPONENT};
 use crate::operator::pods::{self, PodTarget};
@@ -614,15 +614,14 @@ mod tests {
         fn status<'a>(
             &'a self,
             _: &'a PodTarget,
-        ) -> pods::BoxFuture<'a, Result<crate::admin::status::CacheStatus, pods::RegistryError>>
-        {
+        ) -> pods::BoxFuture<'a, Result<crate::api::CacheStatus, pods::RegistryError>> {
             Box::pin(async { Err(pods::RegistryError::Http("not in this test".into())) })
         }
         fn prune<'a>(
             &'a self,
             _: &'a PodTarget,
-            _: &'a crate::prune::PruneRequest,
-        ) -> pods::BoxFuture<'a, Result<crate::prune::Report, pods::RegistryError>> {
+            _: &'a crate::api::PruneRequest,
+        ) -> pods::BoxFuture<'a, Result<crate::api::Report, pods::RegistryError>> {
             Box::pin(async { Err(pods::RegistryError::Http("not in this test".into())) })
         }
         fn image_client(&self, _: &PodTarget) -> Result<Client, pods::RegistryError> {

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::admin::status::CacheStatus;
+use crate::api::CacheStatus;
 use crate::operator::mock::{self, ApiServer, Exchange, FakeRegistry};
 
 const NOW: &str = "2026-01-01T00:00:00Z";

@@ -6,13 +6,12 @@ use std::collections::{BTreeMap, HashSet};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use crate::api::{Decision, Report, human_size};
 use crate::crd::{
     HISTORY_LIMIT, ITEMS_LIMIT, PrunePolicyStatus, PruneRun, PruneRunItem, PruneRunPod,
     PruneRunTotals,
 };
-use crate::imageapi::openshift::table::human_size;
 use crate::operator::conditions::{self, Cond, READY};
-use crate::prune::{Decision, Report};
 
 pub const SUCCEEDED: &str = "Succeeded";
 pub const FAILED: &str = "Failed";
@@ -320,7 +319,7 @@ fn protected_text(p: &BTreeMap<String, i64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prune::{Item, Totals};
+    use crate::api::{Item, Totals};
 
     fn ts(s: &str) -> Timestamp {
         s.parse().unwrap()

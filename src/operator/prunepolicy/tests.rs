@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 
 use super::due::MAX_REQUEUE;
 use super::*;
+use crate::api::{Decision, Item, Report, Totals};
 use crate::operator::mock::{self, ApiServer, FakeRegistry};
-use crate::prune::{Decision, Item, Report, Totals};
 
 const PP_PATH: &str = "/apis/imagecache.io/v1alpha1/namespaces/ns/prunepolicies/daily";
 const STATUS_PATH: &str = "/apis/imagecache.io/v1alpha1/namespaces/ns/prunepolicies/daily/status";
@@ -562,7 +562,7 @@ async fn an_unknown_time_zone_and_a_bad_schedule_name_their_fields() {
     spec["schedule"] = json!("0 25 * * *");
     spec["request"]["count"] = json!(-5);
     let spec: PrunePolicySpec = serde_json::from_value(spec).unwrap();
-    let err = validate(&spec).unwrap_err();
+    let err = validate(&spec).unwrap_err().to_string();
     assert!(
         err.starts_with("spec.schedule: invalid cron schedule"),
         "{err}"

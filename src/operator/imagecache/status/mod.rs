@@ -9,14 +9,12 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::admin::status::CacheStatus;
+use crate::api::{CacheStatus, Quantity, human_size};
 use crate::crd::{ImageCache, ImageCacheStatus, LastPrune, PodSummary, ServiceType};
-use crate::imageapi::openshift::table::human_size;
 use crate::operator::conditions::{self, Cond, DEGRADED, PROGRESSING, READY};
 use crate::operator::desired::{self, CLIENT_SERVICE_PORT, DEFAULT_STORAGE_SIZE};
 use crate::operator::error::OperatorError;
 use crate::operator::pods::RegistryPod;
-use crate::prune::request::Quantity;
 
 /// Requeue while the cache rolls out or is not ready.
 pub const REQUEUE_BUSY: Duration = Duration::from_secs(15);
@@ -291,5 +289,4 @@ fn to_i64(n: u64) -> i64 {
 }
 
 #[cfg(test)]
-#[path = "status_tests.rs"]
 mod tests;

@@ -35,9 +35,9 @@ use kube::ResourceExt;
 use kube::runtime::watcher;
 
 use super::mapping::{self, object_name};
+use crate::api::Image;
 use crate::crd::{CachedImage, ImageCache};
 use crate::digest::Digest;
-use crate::imageapi::openshift::types::Image;
 use crate::operator::MANAGER;
 use crate::operator::pods::RegistryPod;
 
@@ -535,5 +535,4 @@ fn diff(want: &CachedImage, have: &CachedImage) -> Diff {
 }
 
 #[cfg(test)]
-#[path = "state_tests.rs"]
 mod tests;

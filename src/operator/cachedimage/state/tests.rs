@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectM
 use serde_json::json;
 
 use super::*;
-use crate::imageapi::openshift::types::{ANNOTATION_LAST_PULLED, ANNOTATION_TAGS};
+use crate::api::image::{ANNOTATION_LAST_PULLED, ANNOTATION_TAGS};
 
 const INTERVAL: Duration = Duration::from_secs(300);
 

@@ -90,7 +90,7 @@ pub enum DesiredError {
     #[error("the ImageCache has no metadata.{0}")]
     MissingMetadata(&'static str),
     #[error("cannot render the registry config: {0}")]
-    Yaml(String),
+    Yaml(#[source] serde_saphyr::ser::Error),
 }
 
 /// Name of the StatefulSet and of the client Service.
@@ -181,7 +181,7 @@ pub fn config_yaml(ic: &ImageCache) -> Result<String, DesiredError> {
         registries: spec.upstreams.iter().map(registry_entry).collect(),
         preload: spec.preload.as_ref().filter(|p| !p.images.is_empty()),
     };
-    serde_saphyr::to_string(&file).map_err(|e| DesiredError::Yaml(e.to_string()))
+    serde_saphyr::to_string(&file).map_err(DesiredError::Yaml)
 }
 
 /// A hash of the config, for [`CONFIG_HASH_ANNOTATION`] (hex SHA-256).
@@ -842,5 +842,4 @@ fn non_empty_vec<T>(v: Vec<T>) -> Option<Vec<T>> {
 }
 
 #[cfg(test)]
-#[path = "desired_tests.rs"]
 mod tests;

@@ -25,13 +25,13 @@ use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use super::FINALIZER;
+use crate::api::PruneRequest;
 use crate::crd::{CachedImage, CachedImageStatus, ImageCache};
 use crate::operator::conditions::{self, Cond};
 use crate::operator::context::{Context, MANAGER, object_key, requeue_after_failure, scoped_api};
 use crate::operator::error::OperatorError;
 use crate::operator::metrics::Controller as Ctl;
 use crate::operator::pods;
-use crate::prune::PruneRequest;
 
 /// The condition saying whether the deletion's prune went through.
 pub const PRUNED: &str = "Pruned";
@@ -77,7 +77,7 @@ async fn reconcile_inner(obj: Arc<CachedImage>, ctx: &Context) -> Result<Action,
         Err(finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e)) => {
             Err(e.into())
         }
-        Err(other) => Err(OperatorError::Finalizer(other.to_string())),
+        Err(other) => Err(other.into()),
     }
 }
 
@@ -212,5 +212,4 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: Cancell
 }
 
 #[cfg(test)]
-#[path = "finalizer_tests.rs"]
 mod tests;

@@ -2,9 +2,9 @@ use axum::http::Method;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::api::Report;
 use crate::digest::Digest;
 use crate::operator::mock::{self, ApiServer, FakeRegistry};
-use crate::prune::Report;
 
 const NOW: &str = "2026-01-01T00:00:00Z";
 const PATH: &str = "/apis/imagecache.io/v1alpha1/namespaces/ns/cachedimages/mirror-sha256-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";

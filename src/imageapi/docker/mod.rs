@@ -37,9 +37,10 @@ use self::filters::Filters;
 use self::names::familiar_tag;
 use self::views::{ConfigFile, DeleteItem, PruneResponse};
 use crate::admin::AdminState;
+use crate::api::{Decision, Item, PruneRequest};
 use crate::digest::Digest;
 use crate::metrics::Trigger;
-use crate::prune::{Decision, PruneRequest, PruneService};
+use crate::prune::PruneService;
 use crate::store::{ManifestRecord, Platform, Store};
 
 /// The API version of the reference this implements; clients use the lower of theirs and this.
@@ -198,8 +199,8 @@ impl Params {
 
 /// The `platform`/`platforms` query parameter parser, public only for the fuzz targets.
 #[doc(hidden)]
-pub fn parse_platform(value: &str) -> Result<Option<Platform>, String> {
-    Params::platform(value, "platform").map_err(|e| e.to_string())
+pub fn parse_platform(value: &str) -> Result<Option<Platform>, DockerError> {
+    Params::platform(value, "platform")
 }
 
 fn service(state: &AdminState) -> Result<Arc<PruneService>, DockerError> {
@@ -413,7 +414,7 @@ async fn remove(svc: &PruneService, digests: &[Digest]) -> Result<Vec<Digest>, D
     Ok(pruned_in_order(&report.items, digests))
 }
 
-fn pruned_in_order(items: &[crate::prune::Item], first: &[Digest]) -> Vec<Digest> {
+fn pruned_in_order(items: &[Item], first: &[Digest]) -> Vec<Digest> {
     let pruned: Vec<&Digest> = items
         .iter()
         .filter(|i| i.decision == Decision::Prune)
@@ -519,7 +520,7 @@ mod tests {
             let svc = PruneService::new(Arc::new(store), metrics);
             let _ = state.prune.set(Arc::new(svc));
         }
-        crate::admin::router(state)
+        crate::admin::gate(crate::admin::routes().merge(super::routes()), state)
     }
 
     #[tokio::test]

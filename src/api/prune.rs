@@ -1,14 +1,18 @@
 //! The prune request of design section 3: selectors, keep rules, protections, capacity and
 //! limits. One shape for the CLI, `/cmd/prune`, `POST /admin/v1/prune`, background pruning and
-//! the PrunePolicy resource.
+//! the PrunePolicy resource, with its defaults, its schema patterns and the one validation every
+//! reader applies ([`PruneRequest::compile`]): the registry before it plans, the config file and
+//! the operator before they send it.
 
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use jiff::Timestamp;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::duration::serde_human_opt;
+use crate::digest::Digest;
+use crate::duration::{DURATION_PATTERN, serde_human_opt};
 
 /// Seed default for `count`.
 pub const DEFAULT_COUNT: i64 = 50;
@@ -16,17 +20,20 @@ pub const DEFAULT_MIN_AGE: Duration = Duration::from_secs(3600);
 pub const DEFAULT_MAX_DELETION_RATIO: f64 = 0.5;
 /// Pause images are what every pod sandbox needs; losing them stalls every node.
 pub const DEFAULT_PINNED: &[&str] = &[r"/pause[:@]", r"/pause$"];
+/// A size (`500Mi`, `20G`, `1.5Ti`, `1024`) or a share of the volume (`80%`): [`Quantity`].
+pub const SIZE_OR_PERCENT_PATTERN: &str =
+    r"^(([0-9]+(\.[0-9]+)?(k|K|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?)|([0-9]+(\.[0-9]+)?%))$";
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct PruneRequest {
     /// Selects images not pulled within this duration.
     #[serde(with = "serde_human_opt", skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<String>", regex(pattern = crate::crd::DURATION_PATTERN))]
+    #[schemars(with = "Option<String>", regex(pattern = DURATION_PATTERN))]
     pub unused_for: Option<Duration>,
     /// Selects images first cached before now minus this duration.
     #[serde(with = "serde_human_opt", skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<String>", regex(pattern = crate::crd::DURATION_PATTERN))]
+    #[schemars(with = "Option<String>", regex(pattern = DURATION_PATTERN))]
     pub older_than: Option<Duration>,
     /// Selects images first cached before this instant.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -43,22 +50,24 @@ pub struct PruneRequest {
     pub untagged: bool,
     /// Selects exactly these manifests (deletes by name: the Image and Docker APIs, CachedImage).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub digests: Vec<crate::digest::Digest>,
+    pub digests: Vec<Digest>,
 
     /// Keeps images whose manifest URL matches any of these regexes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub keep_patterns: Vec<String>,
     /// Keeps the N most recently pulled images of each repository.
     #[serde(skip_serializing_if = "Option::is_none")]
+    // `uint32` is no format Kubernetes knows (it warns on every CRD apply).
+    #[schemars(extend("format" = "int32"))]
     pub most_recently_pulled: Option<u32>,
     /// Keeps images pulled within this duration.
     #[serde(with = "serde_human_opt", skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<String>", regex(pattern = crate::crd::DURATION_PATTERN))]
+    #[schemars(with = "Option<String>", regex(pattern = DURATION_PATTERN))]
     pub pulled_within: Option<Duration>,
 
     /// Never prunes images first cached less than this long ago (default 1h).
     #[serde(with = "serde_human_opt", skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<String>", regex(pattern = crate::crd::DURATION_PATTERN))]
+    #[schemars(with = "Option<String>", regex(pattern = DURATION_PATTERN))]
     pub min_age: Option<Duration>,
     /// Never prunes images whose URL matches these regexes (default: pause images).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,11 +78,11 @@ pub struct PruneRequest {
 
     /// Evict least recently pulled images until the cache is below this (`50Gi`, `80%`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = crate::crd::SIZE_OR_PERCENT_PATTERN))]
+    #[schemars(regex(pattern = SIZE_OR_PERCENT_PATTERN))]
     pub max_used_space: Option<String>,
     /// Evict least recently pulled images until the volume has this much free (`10Gi`, `20%`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = crate::crd::SIZE_OR_PERCENT_PATTERN))]
+    #[schemars(regex(pattern = SIZE_OR_PERCENT_PATTERN))]
     pub min_free_space: Option<String>,
 
     /// Most images selected in one run (default 50; -1: no limit).
@@ -137,12 +146,24 @@ impl LabelTerm {
         }
     }
 
-    pub fn matches(&self, labels: &crate::store::StrMap) -> bool {
+    pub fn matches(&self, labels: &impl Labels) -> bool {
         match self {
-            LabelTerm::Exists(k) => labels.contains_key(k),
-            LabelTerm::Equals(k, v) => labels.get(k) == Some(v.as_str()),
-            LabelTerm::NotEquals(k, v) => labels.get(k) != Some(v.as_str()),
+            LabelTerm::Exists(k) => labels.label(k).is_some(),
+            LabelTerm::Equals(k, v) => labels.label(k) == Some(v.as_str()),
+            LabelTerm::NotEquals(k, v) => labels.label(k) != Some(v.as_str()),
         }
+    }
+}
+
+/// Image config labels as a [`LabelTerm`] reads them: the store's compact map in the planner,
+/// a plain map elsewhere.
+pub trait Labels {
+    fn label(&self, key: &str) -> Option<&str>;
+}
+
+impl Labels for BTreeMap<String, String> {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
     }
 }
 
@@ -212,7 +233,7 @@ pub struct Compiled {
     pub patterns: Vec<Regex>,
     pub labels: Vec<LabelTerm>,
     pub untagged: bool,
-    pub digests: std::collections::HashSet<crate::digest::Digest>,
+    pub digests: HashSet<Digest>,
     pub keep_patterns: Vec<Regex>,
     pub most_recently_pulled: Option<u32>,
     pub pulled_within: Option<Duration>,
@@ -258,7 +279,7 @@ fn regexes(field: &'static str, patterns: &[String]) -> Result<Vec<Regex>, Reque
 impl PruneRequest {
     /// Removes exactly these manifests (and the children only they hold), as an explicit
     /// delete by name does: no minimum age, no pinning, no ratio or count limit.
-    pub fn delete(digests: Vec<crate::digest::Digest>) -> PruneRequest {
+    pub fn delete(digests: Vec<Digest>) -> PruneRequest {
         PruneRequest {
             digests,
             min_age: Some(Duration::ZERO),
@@ -353,7 +374,7 @@ mod tests {
 
     #[test]
     fn labels() {
-        let m = crate::store::StrMap::from_iter([("team", "a")]);
+        let m = BTreeMap::from([("team".to_owned(), "a".to_owned())]);
         assert!(LabelTerm::parse("team").unwrap().matches(&m));
         assert!(LabelTerm::parse("team=a").unwrap().matches(&m));
         assert!(!LabelTerm::parse("team!=a").unwrap().matches(&m));

@@ -4,7 +4,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
 
 use super::*;
-use crate::admin::status::PruneSummary;
+use crate::api::PruneSummary;
 use crate::operator::pods::PodTarget;
 
 fn t(s: &str) -> Time {

@@ -31,8 +31,8 @@ use super::error::OperatorError;
 use super::inuse;
 use super::metrics::{Controller as ControllerLabel, PruneLabels, PruneResult};
 use super::pods::{self, RegistryPod};
+use crate::api::{PruneRequest, RequestError};
 use crate::crd::{ImageCache, PrunePolicy, PrunePolicySpec, PrunePolicyStatus};
-use crate::prune::{PruneRequest, RequestError};
 use crate::schedule::{Schedule, ScheduleError};
 use due::{Due, RUN_NOW, Reason};
 use outcome::{Health, PodResult};
@@ -40,26 +40,59 @@ use outcome::{Health, PodResult};
 /// How soon a policy whose ImageCache is missing looks again.
 pub const CACHE_RETRY: Duration = Duration::from_secs(60);
 
+/// What the CRD schema cannot catch in a PrunePolicy spec: a bad schedule or time zone, a bad
+/// prune request, or both. The message names every bad field; the first cause is the source.
+#[derive(Debug)]
+pub struct InvalidPolicy {
+    schedule: Option<ScheduleError>,
+    request: Option<RequestError>,
+}
+
+impl std::fmt::Display for InvalidPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(e) = &self.schedule {
+            match e {
+                ScheduleError::TimeZone(_) => write!(f, "spec.timeZone: {e}")?,
+                _ => write!(f, "spec.schedule: {e}")?,
+            }
+        }
+        if let Some(e) = &self.request {
+            if self.schedule.is_some() {
+                f.write_str("; ")?;
+            }
+            let field = match e {
+                RequestError::Regex { field, .. } | RequestError::Quantity { field, .. } => field,
+                RequestError::Label(_) => "labels",
+                RequestError::Count(_) => "count",
+                RequestError::Ratio(_) => "maxDeletionRatio",
+            };
+            write!(f, "spec.request.{field}: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for InvalidPolicy {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match (&self.schedule, &self.request) {
+            (Some(e), _) => Some(e),
+            (None, Some(e)) => Some(e),
+            (None, None) => None,
+        }
+    }
+}
+
 /// Checks what the CRD schema cannot: the cron expression, the time zone and the prune
-/// request (regexes, label selectors, quantities). The message names every bad field.
-pub fn validate(spec: &PrunePolicySpec) -> Result<Schedule, String> {
-    let schedule = Schedule::cron(&spec.schedule, spec.time_zone.as_deref()).map_err(|e| match e {
-        ScheduleError::TimeZone(_) => format!("spec.timeZone: {e}"),
-        _ => format!("spec.schedule: {e}"),
-    });
-    let request = spec.request.compile().map_err(|e| {
-        let field = match &e {
-            RequestError::Regex { field, .. } | RequestError::Quantity { field, .. } => field,
-            RequestError::Label(_) => "labels",
-            RequestError::Count(_) => "count",
-            RequestError::Ratio(_) => "maxDeletionRatio",
-        };
-        format!("spec.request.{field}: {e}")
-    });
+/// request (regexes, label selectors, quantities).
+pub fn validate(spec: &PrunePolicySpec) -> Result<Schedule, InvalidPolicy> {
+    let schedule = Schedule::cron(&spec.schedule, spec.time_zone.as_deref());
+    let request = spec.request.compile();
     match (schedule, request) {
         (Ok(s), Ok(_)) => Ok(s),
-        (Err(a), Err(b)) => Err(format!("{a}; {b}")),
-        (Err(a), Ok(_)) | (Ok(_), Err(a)) => Err(a),
+        (schedule, request) => Err(InvalidPolicy {
+            schedule: schedule.err(),
+            request: request.err(),
+        }),
     }
 }
 
@@ -89,7 +122,7 @@ fn inputs(pp: &PrunePolicy) -> due::Inputs<'_> {
 }
 
 fn plan(pp: &PrunePolicy, now: Timestamp) -> Result<Due, String> {
-    let schedule = validate(&pp.spec)?;
+    let schedule = validate(&pp.spec).map_err(|e| e.to_string())?;
     Ok(due::decide(&schedule, &inputs(pp), now))
 }
 

@@ -484,5 +484,4 @@ fn generate_token() -> String {
 }
 
 #[cfg(test)]
-#[path = "imagecache/tests.rs"]
 mod tests;

@@ -44,15 +44,16 @@ use serde_json::{Value, json};
 use self::feed::{Feed, Filter, oldest_retained};
 use self::params::{ContinueToken, DEFAULT_WATCH_TIMEOUT, DeleteOptions, Params, table_format};
 use self::status::ApiError;
-use self::types::{
-    API_VERSION, GROUP, Image, KIND, LEGACY_API_VERSION, LIST_KIND, PLURAL, SINGULAR, VERSION,
-    encode_json,
-};
+use self::types::{encode, encode_json, from_record};
 use self::watch::{Output, WatchRequest};
 use crate::admin::AdminState;
+use crate::api::image::{
+    API_VERSION, GROUP, Image, KIND, LEGACY_API_VERSION, LIST_KIND, PLURAL, SINGULAR, VERSION,
+};
+use crate::api::{Decision, PruneRequest};
 use crate::digest::Digest;
 use crate::metrics::Trigger;
-use crate::prune::{Decision, PruneRequest, PruneService};
+use crate::prune::PruneService;
 use crate::store::Store;
 
 type AppState = State<Arc<AdminState>>;
@@ -374,7 +375,7 @@ fn list(feed: &Feed, store: &Store, p: &Params, out: Output) -> Result<Response,
     let mut seen = 0;
     for (record, tags) in &page.manifests {
         seen += 1;
-        let image = Image::from_record(record, tags, revs.of(&record.digest.to_string()));
+        let image = from_record(record, tags, revs.of(&record.digest.to_string()));
         if !filter.matches(&image) {
             continue;
         }
@@ -426,7 +427,7 @@ fn image_list(items: &[Image], meta: ListMeta, api_version: &str) -> Vec<u8> {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(&item.encode(api_version));
+        out.extend_from_slice(&encode(item, api_version));
     }
     out.extend_from_slice(b"]}");
     out
@@ -439,7 +440,7 @@ fn find(feed: &Feed, store: &Store, name: &str) -> Result<(Digest, Image), ApiEr
     let record = store.manifest_record(&digest).ok_or_else(not_found)?;
     let tags = store.tags_of(&digest);
     let rv = feed.object_revision(store, name);
-    Ok((digest, Image::from_record(&record, &tags, rv)))
+    Ok((digest, from_record(&record, &tags, rv)))
 }
 
 fn object_response(image: &Image, out: Output) -> Response {
@@ -456,7 +457,7 @@ fn object_response(image: &Image, out: Output) -> Response {
                 Timestamp::now(),
             ))
         }
-        None => json_response(StatusCode::OK, image.encode(out.api_version)),
+        None => json_response(StatusCode::OK, encode(image, out.api_version)),
     }
 }
 
@@ -560,7 +561,7 @@ async fn delete_collection(
         .manifests
         .iter()
         .map(|(r, tags)| {
-            let image = Image::from_record(r, tags, revs.of(&r.digest.to_string()));
+            let image = from_record(r, tags, revs.of(&r.digest.to_string()));
             (r.digest.clone(), image)
         })
         .collect();

@@ -4,10 +4,12 @@
 //!
 //! It works on the cache files directly, so it takes the cache lock like a server does and
 //! refuses to run while one holds it.
+//!
+//! Layer: below the CLI. It takes an [`Options`] value and a resolved [`Config`], never the
+//! command-line flags, and pulls through the [`crate::registry`] and [`crate::upstream`] code.
 
 mod tarball;
 
-use std::fmt;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,41 +18,30 @@ use std::time::Duration;
 
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::cli::ConfigArgs;
-use crate::config::ConfigError;
-use crate::digest::Digest;
+use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
-use crate::reference::{Reference, RepoPath, Route, parse_reference, parse_route, select_upstream};
+use crate::reference::parse_image_reference;
 use crate::registry::AppState;
-use crate::registry::pull::{parse_platform, pull_image_observed};
+use crate::registry::pull::pull_image_observed;
 use crate::store::{Platform, Store, StoreError};
 use crate::upstream::{UpstreamError, Upstreams};
 
-/// `imagecache load`: what to load and from where.
-#[derive(clap::Args, Debug)]
-pub struct LoadArgs {
-    /// Image references to load, as in a list file (e.g. `quay.io/org/img:tag`).
-    #[arg(value_name = "REFERENCE")]
+/// What `imagecache load` loads and how; the CLI builds it from its flags
+/// (`cli::LoadArgs::options`).
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Image references, as in a list file (e.g. `quay.io/org/img:tag`).
     pub references: Vec<String>,
-    /// A file of image references, one per line; `#` starts a comment (repeatable).
-    #[arg(long = "list", value_name = "FILE")]
+    /// Files of image references, one per line; `#` starts a comment.
     pub lists: Vec<PathBuf>,
-    /// A `docker save` or OCI-layout tarball, gzipped or not (repeatable).
-    #[arg(long = "tarball", value_name = "FILE")]
+    /// `docker save` or OCI-layout tarballs, gzipped or not.
     pub tarballs: Vec<PathBuf>,
-    /// Only this platform of multi-platform images, `os/arch[/variant]` (repeatable; default:
-    /// all platforms).
-    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]", value_parser = parse_platform)]
+    /// Only these platforms of multi-platform images (empty: all).
     pub platforms: Vec<Platform>,
-    /// Name for tarball images: `REGISTRY/REPO[:TAG]`. Required when a tarball carries no full
-    /// image name (e.g. an OCI layout whose `org.opencontainers.image.ref.name` is only a tag).
-    #[arg(long, value_name = "REGISTRY/REPO")]
+    /// Name for tarball images that carry no full name: `REGISTRY/REPO[:TAG]`.
     pub repository: Option<String>,
-    /// Stop at the first bad reference or tarball and exit non-zero, instead of skipping it.
-    #[arg(long)]
+    /// Stop at the first bad reference or tarball instead of skipping it.
     pub fail_fast: bool,
-    #[command(flatten)]
-    pub config: ConfigArgs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,75 +83,6 @@ pub struct LoadFailure {
     pub error: String,
 }
 
-/// An image reference as written in a list file, resolved to an upstream repository.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ImageRef {
-    pub repo: RepoPath,
-    pub tag: Option<String>,
-    pub digest: Option<Digest>,
-}
-
-impl ImageRef {
-    /// What to resolve: the digest when given (it pins the content), else the tag, else
-    /// `latest`.
-    pub fn reference(&self) -> Reference {
-        match (&self.digest, &self.tag) {
-            (Some(d), _) => Reference::Digest(d.clone()),
-            (None, Some(t)) => Reference::Tag(t.clone()),
-            (None, None) => Reference::Tag("latest".to_owned()),
-        }
-    }
-}
-
-impl fmt::Display for ImageRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.repo)?;
-        if let Some(t) = &self.tag {
-            write!(f, ":{t}")?;
-        }
-        if let Some(d) = &self.digest {
-            write!(f, "@{d}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Parses `[HOST/]NAME[:TAG][@DIGEST]` with the rules the registry applies to request paths:
-/// a host-like first segment names the upstream, else `default_registry` (where Docker Hub's
-/// one-segment names get `library/`).
-pub fn parse_image_reference(s: &str, default_registry: &str) -> Result<ImageRef, String> {
-    let s = s.trim();
-    if s.is_empty() || s.chars().any(char::is_whitespace) {
-        return Err(format!("{s:?} is not an image reference"));
-    }
-    let (name_tag, digest) = match s.split_once('@') {
-        Some((n, d)) => (n, Some(d.parse::<Digest>().map_err(|e| e.to_string())?)),
-        None => (s, None),
-    };
-    // A tag's colon comes after the last slash; earlier ones belong to a host:port.
-    let last = name_tag.rfind('/').map_or(0, |i| i + 1);
-    let (name, tag) = match name_tag[last..].rfind(':') {
-        Some(i) => (&name_tag[..last + i], Some(&name_tag[last + i + 1..])),
-        None => (name_tag, None),
-    };
-    if let Some(t) = tag
-        && !matches!(parse_reference(t), Ok(Reference::Tag(_)))
-    {
-        return Err(format!("invalid tag {t:?} in {s:?}"));
-    }
-    // The route parser holds the distribution name grammar; reuse it rather than restate it.
-    match parse_route(&format!("{name}/manifests/latest")) {
-        Ok(Route::Manifest { name: n, .. }) if n == name => {}
-        _ => return Err(format!("invalid repository name {name:?} in {s:?}")),
-    }
-    let repo = select_upstream(name, None, default_registry).map_err(|e| e.to_string())?;
-    Ok(ImageRef {
-        repo,
-        tag: tag.map(str::to_owned),
-        digest,
-    })
-}
-
 /// The references of a list file with their line numbers: blank lines and `#` comments
 /// (whole-line or trailing) are skipped.
 pub fn parse_list(text: &str) -> Vec<(usize, &str)> {
@@ -183,8 +105,7 @@ struct ListItem {
 
 /// Runs `imagecache load`. Bad references and tarballs are reported on stderr and skipped
 /// (returned in [`LoadReport::failures`]) unless `--fail-fast`, where the first one is the error.
-pub fn run(args: LoadArgs, image_path: Option<PathBuf>) -> Result<LoadReport, LoadError> {
-    let config = args.config.resolve(image_path)?;
+pub fn run(args: &Options, config: Config) -> Result<LoadReport, LoadError> {
     config.validate()?;
     if args.references.is_empty() && args.lists.is_empty() && args.tarballs.is_empty() {
         return Err(LoadError::NothingToLoad);
@@ -254,7 +175,7 @@ fn parse_repository(value: &str, default_registry: &str) -> Result<tarball::Name
         value: value.to_owned(),
         message,
     };
-    let r = parse_image_reference(value, default_registry).map_err(err)?;
+    let r = parse_image_reference(value, default_registry).map_err(|e| err(e.to_string()))?;
     if r.digest.is_some() {
         return Err(err(
             "give a repository (and optionally a tag), not a digest".into(),
@@ -285,7 +206,7 @@ async fn load_references(
         let image = match parse_image_reference(&item.text, &state.config.default_registry) {
             Ok(r) => r,
             Err(e) => {
-                out.fail(name, e)?;
+                out.fail(name, e.to_string())?;
                 out.bar.inc(1);
                 continue;
             }
@@ -456,7 +377,6 @@ fn style(template: &str, fallback: ProgressStyle) -> ProgressStyle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
     #[test]
     fn list_files() {
@@ -473,47 +393,6 @@ mod tests {
     }
 
     #[test]
-    fn references_normalise_like_pulls() {
-        let p = |s| parse_image_reference(s, "docker.io").unwrap();
-        let r = p("nginx");
-        assert_eq!(r.to_string(), "docker.io/library/nginx");
-        assert_eq!(r.reference(), Reference::Tag("latest".into()));
-        assert_eq!(
-            p("docker.io/library/nginx:1.27").to_string(),
-            "docker.io/library/nginx:1.27"
-        );
-        assert_eq!(p("nginx:1.27").repo, p("index.docker.io/nginx:1.27").repo);
-        let r = p("localhost:5000/team/app");
-        assert_eq!(r.repo.registry, "localhost:5000");
-        assert_eq!(r.repo.repository, "team/app");
-        assert_eq!(r.tag, None);
-        let d = format!("sha256:{}", "ab".repeat(32));
-        let r = p(&format!("quay.io/org/img:v1@{d}"));
-        assert_eq!(r.tag.as_deref(), Some("v1"));
-        assert_eq!(r.reference(), Reference::Digest(d.parse().unwrap()));
-        assert_eq!(r.to_string(), format!("quay.io/org/img:v1@{d}"));
-        assert_eq!(
-            parse_image_reference("team/app:V2", "upstream.test")
-                .unwrap()
-                .to_string(),
-            "upstream.test/team/app:V2"
-        );
-        for bad in [
-            "",
-            "Nginx",
-            "nginx:",
-            "nginx:-x",
-            "a b",
-            "quay.io",
-            "quay.io/org/img@sha256:xyz",
-            "org//img",
-            "../etc:1",
-        ] {
-            assert!(parse_image_reference(bad, "docker.io").is_err(), "{bad}");
-        }
-    }
-
-    #[test]
     fn repository_flag() {
         let n = parse_repository("upstream.test/team/app:v3", "docker.io").unwrap();
         assert_eq!(n.repo.to_string(), "upstream.test/team/app");
@@ -522,48 +401,15 @@ mod tests {
         assert!(parse_repository(&d, "docker.io").is_err());
     }
 
-    #[derive(clap::Parser)]
-    struct Cmd {
-        #[command(flatten)]
-        load: LoadArgs,
-    }
-
-    #[test]
-    fn flags() {
-        let c = Cmd::try_parse_from([
-            "load",
-            "--list",
-            "a.txt",
-            "--list",
-            "b.txt",
-            "--tarball",
-            "x.tar.gz",
-            "--platform",
-            "linux/arm64",
-            "--platform",
-            "linux/arm/v7",
-            "--fail-fast",
-            "--config",
-            "c.yaml",
-            "--registry",
-            "upstream.test=http://127.0.0.1:5000",
-            "nginx:1.27",
-        ])
-        .unwrap();
-        assert_eq!(c.load.lists.len(), 2);
-        assert_eq!(c.load.platforms[1].variant.as_deref(), Some("v7"));
-        assert!(c.load.fail_fast);
-        assert_eq!(c.load.references, ["nginx:1.27"]);
-        assert_eq!(c.load.config.registries.len(), 1);
-        assert!(Cmd::try_parse_from(["load", "--platform", "linux"]).is_err());
-    }
-
     #[test]
     fn nothing_to_load_is_an_error() {
-        let c = Cmd::try_parse_from(["load"]).unwrap();
         let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            image_path: dir.path().to_owned(),
+            ..Config::default()
+        };
         assert!(matches!(
-            run(c.load, Some(dir.path().to_owned())),
+            run(&Options::default(), config),
             Err(LoadError::NothingToLoad)
         ));
     }
