@@ -46,7 +46,7 @@ pub fn set(conditions: &mut Vec<Condition>, cond: Cond<'_>, generation: Option<i
         status,
         reason: cond.reason.to_string(),
         // The API server refuses messages over 32 KiB.
-        message: truncate(&cond.message, 4096),
+        message: super::report::bounded(&cond.message, super::report::MESSAGE_MAX),
         observed_generation: generation,
         last_transition_time,
     };
@@ -65,17 +65,6 @@ pub fn get<'c>(conditions: &'c [Condition], type_: &str) -> Option<&'c Condition
 /// Whether a condition of this type is `True`.
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     get(conditions, type_).is_some_and(|c| c.status == "True")
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@
 //!   that prunes a deleted CachedImage's image from the cache.
 //! - [`leader`]: leader election on a Lease; [`run`]: `imagecache operator` (health, metrics,
 //!   election, the three controllers, graceful shutdown).
-//! - [`context`], [`error`], [`metrics`]: what the reconcilers share.
+//! - [`context`], [`error`], [`metrics`]: what the reconcilers share; [`report`]: how they
+//!   write a status and publish an Event.
 //!
 //! Layer: a client of the cluster and of the registry pods. It talks to the pods over HTTP
 //! with the shapes of [`crate::api`] and builds on [`crate::crd`]; it never touches the store,
@@ -29,6 +30,7 @@ pub mod leader;
 pub mod metrics;
 pub mod pods;
 pub mod prunepolicy;
+pub mod report;
 pub mod run;
 
 #[cfg(test)]

@@ -43,6 +43,7 @@ use super::desired::{self, COMPONENT, MANAGED_BY};
 use super::error::OperatorError;
 use super::metrics::Controller as ControllerLabel;
 use super::pods::{self, RegistryPod};
+use super::report;
 use crate::crd::{ImageCache, ImageCacheStatus};
 
 /// Requeue while the client Service waits for its ClusterIP (the DaemonSet needs it).
@@ -191,10 +192,10 @@ async fn reconcile_inner(ic: &ImageCache, ctx: &Context) -> Result<Action, Opera
         whole_seconds(ctx.now()),
     );
     if ic.status.as_ref() != Some(&new_status) {
-        write_status(ic, ctx, &new_status).await?;
+        report::apply_status(ctx, ic, &new_status).await?;
     }
     for event in transition_events(ic, &new_status, children_created, &node_config) {
-        publish(ic, ctx, event).await;
+        report::publish(ctx, ic, event).await;
     }
 
     let mut requeue = status::requeue_after(&new_status);
@@ -285,36 +286,11 @@ where
         .await?)
 }
 
-async fn write_status(
-    ic: &ImageCache,
-    ctx: &Context,
-    status: &ImageCacheStatus,
-) -> Result<(), OperatorError> {
-    let ns = ic
-        .metadata
-        .namespace
-        .as_deref()
-        .ok_or(OperatorError::MissingField("metadata.namespace"))?;
-    let api: Api<ImageCache> = Api::namespaced(ctx.client.clone(), ns);
-    let body = serde_json::json!({
-        "apiVersion": ImageCache::api_version(&()),
-        "kind": ImageCache::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &ic.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await?;
-    Ok(())
-}
-
 /// Records a failed reconcile in `Degraded` (best effort) and raises an event when the
 /// failure is new (not already the reason `Degraded` shows).
 async fn report_failure(ic: &ImageCache, ctx: &Context, err: &OperatorError) {
     let status = status::failed(ic, err, whole_seconds(ctx.now()));
-    if let Err(e) = write_status(ic, ctx, &status).await {
+    if let Err(e) = report::apply_status(ctx, ic, &status).await {
         tracing::warn!(imagecache = %object_key(ic), error = %e, "cannot record the failure in the status");
     }
     let previous = ic
@@ -325,10 +301,10 @@ async fn report_failure(ic: &ImageCache, ctx: &Context, err: &OperatorError) {
     let already = conditions::get(previous, DEGRADED)
         .is_some_and(|c| c.status == "True" && c.reason == err.reason());
     if !already {
-        publish(
-            ic,
+        report::publish(
             ctx,
-            event(
+            ic,
+            report::event(
                 EventType::Warning,
                 err.reason(),
                 "Reconcile",
@@ -348,7 +324,7 @@ pub fn transition_events(
 ) -> Vec<Event> {
     let mut events = Vec::new();
     if children_created {
-        events.push(event(
+        events.push(report::event(
             EventType::Normal,
             "Created",
             "Create",
@@ -359,7 +335,7 @@ pub fn transition_events(
         NodeConfig::Applied {
             created: true,
             mirror_url,
-        } => events.push(event(
+        } => events.push(report::event(
             EventType::Normal,
             "NodeMirrorEnabled",
             "Create",
@@ -369,7 +345,7 @@ pub fn transition_events(
                 desired::node_config_registries(before).join(", ")
             ),
         )),
-        NodeConfig::Deleted => events.push(event(
+        NodeConfig::Deleted => events.push(report::event(
             EventType::Normal,
             "NodeMirrorDisabled",
             "Delete",
@@ -389,14 +365,14 @@ pub fn transition_events(
     if let Some(ready) = conditions::get(&after.conditions, READY) {
         let is_ready = ready.status == "True";
         if is_ready && !was_ready {
-            events.push(event(
+            events.push(report::event(
                 EventType::Normal,
                 "Ready",
                 "Reconcile",
                 ready.message.clone(),
             ));
         } else if !is_ready && was_ready {
-            events.push(event(
+            events.push(report::event(
                 EventType::Warning,
                 "NotReady",
                 "Reconcile",
@@ -408,14 +384,14 @@ pub fn transition_events(
         let was = conditions::get(previous, DEGRADED)
             .is_some_and(|c| c.status == "True" && c.reason == degraded.reason);
         if degraded.status == "True" && !was {
-            events.push(event(
+            events.push(report::event(
                 EventType::Warning,
                 "Degraded",
                 "Reconcile",
                 format!("{}: {}", degraded.reason, degraded.message),
             ));
         } else if degraded.status == "False" && conditions::is_true(previous, DEGRADED) {
-            events.push(event(
+            events.push(report::event(
                 EventType::Normal,
                 "Recovered",
                 "Reconcile",
@@ -431,14 +407,14 @@ pub fn transition_events(
     ) {
         let (is, was) = (progressing.status == "True", before.status == "True");
         if is && !was {
-            events.push(event(
+            events.push(report::event(
                 EventType::Normal,
                 "RollingOut",
                 "Reconcile",
                 progressing.message.clone(),
             ));
         } else if !is && was {
-            events.push(event(
+            events.push(report::event(
                 EventType::Normal,
                 "RolledOut",
                 "Reconcile",
@@ -447,34 +423,6 @@ pub fn transition_events(
         }
     }
     events
-}
-
-fn event(type_: EventType, reason: &str, action: &str, note: impl Into<String>) -> Event {
-    Event {
-        type_,
-        reason: reason.to_owned(),
-        // The API refuses notes over 1 KiB.
-        note: Some(bounded(note.into(), 1000)),
-        action: action.to_owned(),
-        secondary: None,
-    }
-}
-
-fn bounded(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-    s
-}
-
-async fn publish(ic: &ImageCache, ctx: &Context, event: Event) {
-    if let Err(e) = ctx.recorder.publish(&event, &ic.object_ref(&())).await {
-        tracing::warn!(imagecache = %object_key(ic), reason = %event.reason, error = %e, "cannot publish event");
-    }
 }
 
 /// The token in an admin token Secret, if it holds a usable one.

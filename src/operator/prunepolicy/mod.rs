@@ -18,19 +18,19 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::watcher;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use super::conditions::{self, Cond, READY};
-use super::context::{Context, MANAGER, object_key, requeue_after_failure, scoped_api};
+use super::context::{Context, object_key, requeue_after_failure, scoped_api};
 use super::error::OperatorError;
 use super::inuse;
 use super::metrics::{Controller as ControllerLabel, PruneLabels, PruneResult};
 use super::pods::{self, RegistryPod};
+use super::report;
 use crate::api::{PruneRequest, RequestError};
 use crate::crd::{ImageCache, PrunePolicy, PrunePolicySpec, PrunePolicyStatus};
 use crate::schedule::{Schedule, ScheduleError};
@@ -310,36 +310,12 @@ async fn update_status(
     if status == old {
         return Ok(());
     }
-    let ns = pp
-        .namespace()
-        .ok_or(OperatorError::MissingField("namespace"))?;
-    let api: Api<PrunePolicy> = Api::namespaced(ctx.client.clone(), &ns);
-    let body = serde_json::json!({
-        "apiVersion": PrunePolicy::api_version(&()),
-        "kind": PrunePolicy::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &pp.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await?;
-    Ok(())
+    report::apply_status(ctx, pp, status).await
 }
 
-/// Publishes an event on the policy; a failure is logged, not fatal.
+/// An Event on the policy (its runs are the `Prune` action).
 async fn publish(ctx: &Context, pp: &PrunePolicy, type_: EventType, reason: &str, note: String) {
-    let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note),
-        action: "Prune".to_owned(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &pp.object_ref(&())).await {
-        tracing::warn!(policy = %object_key(pp), error = %e, "cannot publish event");
-    }
+    report::publish(ctx, pp, report::event(type_, reason, "Prune", note)).await;
 }
 
 /// Best effort: shows a failed reconcile in the `Ready` condition. The status is read afresh

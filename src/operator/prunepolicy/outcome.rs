@@ -282,19 +282,8 @@ pub fn event_note(run: &PruneRun) -> String {
             summary(&run.totals, run.dry_run, pods)
         )
     };
-    // Event notes are limited to 1 kB.
-    truncate(&note, 1000)
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max - 3;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
+    // Bounded where it is published (report::publish).
+    note
 }
 
 /// Totals for metrics: manifests and bytes actually removed (zero on a dry run).

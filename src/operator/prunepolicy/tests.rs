@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::due::MAX_REQUEUE;
 use super::*;
 use crate::api::{Decision, Item, Report, Totals};
+use crate::operator::MANAGER;
 use crate::operator::mock::{self, ApiServer, FakeRegistry};
 
 const PP_PATH: &str = "/apis/imagecache.io/v1alpha1/namespaces/ns/prunepolicies/daily";

@@ -16,7 +16,6 @@ use std::time::Instant;
 
 use futures_util::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{self, Event};
@@ -26,12 +25,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::FINALIZER;
 use crate::api::PruneRequest;
-use crate::crd::{CachedImage, CachedImageStatus, ImageCache};
+use crate::crd::{CachedImage, ImageCache};
 use crate::operator::conditions::{self, Cond};
-use crate::operator::context::{Context, MANAGER, object_key, requeue_after_failure, scoped_api};
+use crate::operator::context::{Context, object_key, requeue_after_failure, scoped_api};
 use crate::operator::error::OperatorError;
 use crate::operator::metrics::Controller as Ctl;
 use crate::operator::pods;
+use crate::operator::report;
 
 /// The condition saying whether the deletion's prune went through.
 pub const PRUNED: &str = "Pruned";
@@ -160,9 +160,6 @@ async fn record_failure(
     ctx: &Context,
     err: &OperatorError,
 ) -> Result<(), OperatorError> {
-    let ns = obj
-        .namespace()
-        .ok_or(OperatorError::MissingField("namespace"))?;
     let mut status = obj.status.clone().unwrap_or_default();
     let generation = obj.metadata.generation;
     conditions::set(
@@ -172,23 +169,7 @@ async fn record_failure(
         Time(ctx.now()),
     );
     status.observed_generation = generation;
-    let patch = status_patch(&status);
-    let api: Api<CachedImage> = Api::namespaced(ctx.client.clone(), &ns);
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(patch),
-    )
-    .await?;
-    Ok(())
-}
-
-fn status_patch(status: &CachedImageStatus) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": format!("{}/{}", crate::crd::GROUP, crate::crd::VERSION),
-        "kind": "CachedImage",
-        "status": status,
-    })
+    report::apply_status(ctx, obj, &status).await
 }
 
 /// Requeues after the object's backoff.

@@ -4,6 +4,7 @@ use serde_json::{Value, json};
 use super::*;
 use crate::api::Report;
 use crate::digest::Digest;
+use crate::operator::MANAGER;
 use crate::operator::mock::{self, ApiServer, FakeRegistry};
 
 const NOW: &str = "2026-01-01T00:00:00Z";
