@@ -174,10 +174,15 @@ async fn imagecache_lifecycle() {
     );
 
     // Spec changes converge: more replicas, a new tag TTL (a new config: a rolling update),
-    // a NodePort Service. observedGeneration follows each.
+    // container resources (a new Pod template), a NodePort Service and fewer replicas.
+    // observedGeneration follows each.
     for (change, replicas) in [
         (json!({"spec": {"replicas": 2}}), 2),
         (json!({"spec": {"tagTTL": "1h"}}), 2),
+        (
+            json!({"spec": {"resources": {"requests": {"cpu": "10m", "memory": "32Mi"}}}}),
+            2,
+        ),
         (
             json!({"spec": {"service": {"type": "NodePort"}, "replicas": 1}}),
             1,
@@ -201,11 +206,55 @@ async fn imagecache_lifecycle() {
     assert!(cm.data.expect("data")["config.yaml"].contains("tagTTL: 1h"));
     let svc = services.get(CACHE).await.expect("client Service");
     assert_eq!(svc.spec.and_then(|s| s.type_).as_deref(), Some("NodePort"));
+    let pod = pods.get("cache-0").await.expect("cache-0");
+    let requests = pod.spec.expect("spec").containers[0]
+        .resources
+        .clone()
+        .and_then(|r| r.requests)
+        .unwrap_or_default();
+    assert_eq!(requests.get("memory").map(|q| q.0.as_str()), Some("32Mi"));
     // One rollout per change, each begun and ended with an Event (the first RolledOut came
     // with the cache's creation).
-    ic("RollingOut", 3).await;
-    ic("RolledOut", 4).await;
-    assert!(event_count(&client, &ns, "ImageCache", CACHE, "RollingOut").await >= 3);
+    ic("RollingOut", 4).await;
+    ic("RolledOut", 5).await;
+    assert!(event_count(&client, &ns, "ImageCache", CACHE, "RollingOut").await >= 4);
+
+    // Node mirroring on: the node-config DaemonSet appears, owned by the cache; off: it goes.
+    let daemonsets: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        Api::namespaced(client.clone(), &ns);
+    let ds_name = format!("{CACHE}-node-config");
+    caches
+        .patch(
+            CACHE,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"nodeMirror": {"enabled": true}}})),
+        )
+        .await
+        .expect("node mirror on");
+    let ds = eventually("the node-config DaemonSet", WAIT, || async {
+        daemonsets.get_opt(&ds_name).await.ok().flatten()
+    })
+    .await;
+    assert!(owned_and_applied(&ds, &uid));
+    ic("NodeMirrorEnabled", 1).await;
+    caches
+        .patch(
+            CACHE,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"nodeMirror": {"enabled": false}}})),
+        )
+        .await
+        .expect("node mirror off");
+    eventually("the node-config DaemonSet to go", WAIT, || async {
+        daemonsets
+            .get_opt(&ds_name)
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    ic("NodeMirrorDisabled", 1).await;
     // The storage cannot change (volume claims are immutable): refused at admission, so no
     // reconcile is left stuck on a 422.
     let err = caches
