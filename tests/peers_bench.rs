@@ -164,6 +164,7 @@ fn cold_pull(
     images: &[BenchImage],
     out: &Path,
 ) -> Cold {
+    fs::create_dir_all(out).unwrap();
     let mark = settle(upstream);
     let t = Instant::now();
     std::thread::scope(|s| {
