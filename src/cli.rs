@@ -346,6 +346,14 @@ pub struct ConfigArgs {
     /// Changes kept for Image API watchers resuming from a resourceVersion (`changeHistory`).
     #[arg(long, value_name = "N")]
     pub change_history: Option<usize>,
+    /// Another replica of this cache, `http://HOST:PORT`, repeatable; replaces the file's
+    /// `peers` (this server's own address may be listed).
+    #[arg(long = "peer", value_name = "URL")]
+    pub peers: Vec<String>,
+    /// A DNS name whose A/AAAA records are the replicas (`peerDiscovery.name`), on this
+    /// server's port; replaces the file's `peerDiscovery` and `peers`.
+    #[arg(long, value_name = "NAME", conflicts_with = "peers")]
+    pub peer_discovery: Option<String>,
     /// Log level (`log.level`): error, warn, info, debug, trace. RUST_LOG overrides it.
     #[arg(long)]
     pub log_level: Option<String>,
@@ -409,6 +417,18 @@ impl ConfigArgs {
         }
         if let Some(v) = self.change_history {
             c.change_history = v;
+        }
+        if !self.peers.is_empty() {
+            c.peers = self.peers.clone();
+            c.peer_discovery = None;
+        }
+        if let Some(name) = &self.peer_discovery {
+            c.peers.clear();
+            c.peer_discovery = Some(crate::config::PeerDiscovery {
+                name: name.clone(),
+                port: None,
+                interval: crate::config::PeerDiscovery::DEFAULT_INTERVAL,
+            });
         }
         if let Some(v) = &self.log_level {
             c.log.level = v.clone();

@@ -51,7 +51,84 @@ pub struct Config {
     /// Images pulled into the cache at start-up.
     #[serde(skip_serializing_if = "PreloadConfig::is_empty")]
     pub preload: PreloadConfig,
+    /// The other replicas of this cache, as URLs (`http://10.0.0.12:8080`). This server's own
+    /// address may be listed: it is recognised and left out.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<String>,
+    /// The other replicas of this cache, as the A/AAAA records of a DNS name (a headless
+    /// Service), resolved again every `interval`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_discovery: Option<PeerDiscovery>,
+    /// How replicas work together; used only with `peers` or `peerDiscovery`.
+    pub peering: PeeringConfig,
     pub log: LogConfig,
+}
+
+/// Peers found through DNS (`peerDiscovery`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerDiscovery {
+    /// A DNS name whose A/AAAA records are the replicas (`mirror-headless.ns.svc`).
+    pub name: String,
+    /// The registry port of the replicas; default the port of `addr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// How often the name is resolved again.
+    #[serde(default = "default_discovery_interval", with = "serde_human")]
+    pub interval: Duration,
+}
+
+impl PeerDiscovery {
+    /// How often the name is resolved again unless `interval` says otherwise.
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+}
+
+fn default_discovery_interval() -> Duration {
+    PeerDiscovery::DEFAULT_INTERVAL
+}
+
+/// What a replica keeps of a blob it streamed from the peer that owns it.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NonOwnerBlobs {
+    /// Nothing: each blob is stored once, on its owner, so the cluster holds the sum of the
+    /// replicas' volumes.
+    #[default]
+    Proxy,
+    /// A copy as well: later pulls through this replica are served from its own disk.
+    Keep,
+}
+
+/// How the replicas of one cache work together (`peering`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PeeringConfig {
+    /// What a replica keeps of a blob a peer served it (manifests are always kept).
+    pub non_owner_blobs: NonOwnerBlobs,
+    /// Connecting to a peer; past it the peer is skipped (left out until it answers a probe).
+    #[serde(with = "serde_human")]
+    pub connect_timeout: Duration,
+    /// Until a peer's response headers arrive (the owner may be waiting for its upstream).
+    #[serde(with = "serde_human")]
+    pub first_byte: Duration,
+    /// Longest silence while reading a peer's body.
+    #[serde(with = "serde_human")]
+    pub idle: Duration,
+    /// How often peers left out after a failure are probed (`GET /v2/`) to take them back.
+    #[serde(with = "serde_human")]
+    pub probe_interval: Duration,
+}
+
+impl Default for PeeringConfig {
+    fn default() -> Self {
+        PeeringConfig {
+            non_owner_blobs: NonOwnerBlobs::Proxy,
+            connect_timeout: Duration::from_millis(500),
+            first_byte: Duration::from_secs(30),
+            idle: Duration::from_secs(30),
+            probe_interval: Duration::from_secs(2),
+        }
+    }
 }
 
 /// Images the server pulls into the cache when it starts (in the background, after it is
@@ -135,6 +212,9 @@ impl Default for Config {
             change_history: CHANGE_HISTORY,
             prune_config: PruneConfig::default(),
             preload: PreloadConfig::default(),
+            peers: Vec::new(),
+            peer_discovery: None,
+            peering: PeeringConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -323,6 +403,54 @@ impl Config {
         Ok(serde_saphyr::from_str(text)?)
     }
 
+    /// Whether this server works with other replicas (`peers` or `peerDiscovery`).
+    pub fn has_peers(&self) -> bool {
+        !self.peers.is_empty() || self.peer_discovery.is_some()
+    }
+
+    fn validate_peers(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if !self.peers.is_empty() && self.peer_discovery.is_some() {
+            return invalid("set peers or peerDiscovery, not both".into());
+        }
+        for p in &self.peers {
+            match reqwest::Url::parse(p) {
+                Ok(u)
+                    if matches!(u.scheme(), "http" | "https")
+                        && u.host().is_some()
+                        && matches!(u.path(), "" | "/")
+                        && u.query().is_none()
+                        && u.username().is_empty() => {}
+                _ => {
+                    return invalid(format!(
+                        "peers: {p:?} is not a peer URL (http://HOST:PORT, nothing after the port)"
+                    ));
+                }
+            }
+        }
+        if let Some(d) = &self.peer_discovery {
+            if !is_host(&d.name) || d.name.contains(':') {
+                return invalid(format!(
+                    "peerDiscovery.name {:?} is not a DNS name (set the port in peerDiscovery.port)",
+                    d.name
+                ));
+            }
+            if d.interval < Duration::from_millis(100) || d.port == Some(0) {
+                return invalid(
+                    "peerDiscovery: interval must be at least 100ms and port not 0".into(),
+                );
+            }
+        }
+        let p = &self.peering;
+        if [p.connect_timeout, p.first_byte, p.idle, p.probe_interval]
+            .iter()
+            .any(Duration::is_zero)
+        {
+            return invalid("peering: timeouts and probeInterval must be more than 0".into());
+        }
+        Ok(())
+    }
+
     /// Checks what serde cannot: hosts, endpoints, duplicates, the admin token rule.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
@@ -374,6 +502,7 @@ impl Config {
                 .parse::<PlatformSpec>()
                 .map_err(|e| ConfigError::Invalid(format!("preload.platforms: {e}")))?;
         }
+        self.validate_peers()?;
         self.prune_config.schedule()?;
         self.prune_config
             .request

@@ -9,9 +9,11 @@
 //! - [`config`]: the config file and its defaults (a leaf); [`crd`]: the operator's resources.
 //! - [`store`]: the content-addressed disk cache and its in-memory index (no HTTP, no cluster).
 //! - [`metrics`]: the families; [`prune`]: the prune engine; [`listing`]: list rows and columns.
-//! - [`upstream`]: pooled, authenticated clients for the allowlisted upstream registries.
-//! - [`registry`]: the distribution pull API over the store and the upstreams; [`load`]:
-//!   preloading through it.
+//! - [`upstream`]: pooled, authenticated clients for the allowlisted upstream registries;
+//!   [`peers`]: the other replicas of the same cache (membership, rendezvous ownership, the
+//!   peer client).
+//! - [`registry`]: the distribution pull API over the store, the peers and the upstreams;
+//!   [`load`]: preloading through it.
 //! - [`admin`]: health, readiness, metrics, `/cmd/*` and the admin token gate; [`imageapi`]: the
 //!   Image and Docker image APIs mounted beside it.
 //! - [`server`]: wiring for `imagecache serve` (it composes the admin listener).
@@ -36,6 +38,7 @@ pub mod load;
 pub mod metrics;
 pub mod nodeconfig;
 pub mod operator;
+pub mod peers;
 pub mod prune;
 pub mod reference;
 pub mod registry;

@@ -118,6 +118,60 @@ pub struct RetryLabels {
     pub reason: RetryReason,
 }
 
+/// Where the content of a served manifest or blob came from.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ContentSource {
+    /// This replica's own cache.
+    cache,
+    /// Another replica of the same cache (the digest's owner).
+    peer,
+    /// The upstream registry.
+    upstream,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub kind: Kind,
+    pub source: ContentSource,
+}
+
+/// Why a peer was skipped for the next source.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum PeerFailure {
+    /// No connection within the connect timeout, or refused.
+    connect,
+    /// No response headers within `peering.firstByte`, or silence past `peering.idle`.
+    timeout,
+    /// The body was cut short.
+    cut,
+    /// An answer other than the content or a 404.
+    status,
+    /// Bytes that do not hash to the digest asked for.
+    digest,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerFailureLabels {
+    pub reason: PeerFailure,
+}
+
+/// A peer as this replica sees it.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum PeerState {
+    /// Ranked for ownership and asked.
+    live,
+    /// Left out after a failure until it answers a probe.
+    down,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerStateLabels {
+    pub state: PeerState,
+}
+
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
 pub enum Trigger {
@@ -156,6 +210,18 @@ pub struct Metrics {
     pub upstream_retries: Family<RetryLabels, Counter>,
     pub served_bytes: Family<KindLabels, Counter>,
     pub inflight_fetches: Gauge,
+    /// Manifest and blob GETs answered, by where their content came from.
+    pub served_requests: Family<SourceLabels, Counter>,
+    /// Manifest and blob bytes sent, by where they came from.
+    pub served_source_bytes: Family<SourceLabels, Counter>,
+    /// Bytes received from peers.
+    pub peer_bytes: Family<KindLabels, Counter>,
+    /// Peers skipped for the next source, by reason.
+    pub peer_errors: Family<PeerFailureLabels, Counter>,
+    /// Requests from peers answered by this replica.
+    pub peer_requests_answered: Family<KindLabels, Counter>,
+    /// The peer set (this replica excluded), live and down.
+    pub peers: Family<PeerStateLabels, Gauge>,
     store_manifests: Gauge,
     store_blobs: Gauge,
     store_bytes: Gauge,
@@ -220,6 +286,42 @@ impl Metrics {
             "Upstream fetches in progress",
             inflight_fetches.clone(),
         );
+        let served_requests = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "served_requests",
+            "Manifest and blob GETs answered, by where the content came from (cache, peer, upstream)",
+            served_requests.clone(),
+        );
+        let served_source_bytes = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "served_source_bytes",
+            "Manifest and blob bytes sent, by where they came from (cache, peer, upstream)",
+            served_source_bytes.clone(),
+        );
+        let peer_bytes = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "peer_bytes",
+            "Bytes received from the other replicas",
+            peer_bytes.clone(),
+        );
+        let peer_errors = Family::<PeerFailureLabels, Counter>::default();
+        registry.register(
+            "peer_errors",
+            "Peers skipped for the next source (another peer or the upstream), by reason",
+            peer_errors.clone(),
+        );
+        let peer_requests_answered = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "peer_requests_answered",
+            "Manifest and blob requests from other replicas answered",
+            peer_requests_answered.clone(),
+        );
+        let peers = Family::<PeerStateLabels, Gauge>::default();
+        registry.register(
+            "peers",
+            "The other replicas of this cache, live (asked) or down (left out until a probe answers)",
+            peers.clone(),
+        );
         let store_manifests = Gauge::default();
         registry.register(
             "store_manifests",
@@ -279,6 +381,12 @@ impl Metrics {
             upstream_retries,
             served_bytes,
             inflight_fetches,
+            served_requests,
+            served_source_bytes,
+            peer_bytes,
+            peer_errors,
+            peer_requests_answered,
+            peers,
             store_manifests,
             store_blobs,
             store_bytes,
@@ -294,6 +402,20 @@ impl Metrics {
     pub fn upstream(&self, kind: Kind, outcome: Outcome) {
         self.upstream_fetches
             .get_or_create(&UpstreamLabels { kind, outcome })
+            .inc();
+    }
+
+    /// A manifest or blob GET answered with content from `source`.
+    pub fn served(&self, kind: Kind, source: ContentSource) {
+        self.served_requests
+            .get_or_create(&SourceLabels { kind, source })
+            .inc();
+    }
+
+    /// A peer skipped for `reason`.
+    pub fn peer_failed(&self, reason: PeerFailure) {
+        self.peer_errors
+            .get_or_create(&PeerFailureLabels { reason })
             .inc();
     }
 

@@ -17,6 +17,7 @@ use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError};
 use crate::imageapi;
 use crate::metrics::Metrics;
+use crate::peers::{PeerError, Peers};
 use crate::prune::PruneService;
 use crate::reference::{ImageRef, parse_image_reference};
 use crate::registry::{self, AppState};
@@ -31,6 +32,8 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Peers(#[from] PeerError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -107,7 +110,14 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     );
     let prune_schedule = config.prune_config.schedule()?;
     let upstreams = Upstreams::new(&config, metrics.upstream_retries.clone())?;
-    let state = AppState::new(config.clone(), store.clone(), upstreams, metrics.clone());
+    let peers = Peers::new(&config, metrics.clone())?;
+    let state = AppState::with_peers(
+        config.clone(),
+        store.clone(),
+        upstreams,
+        metrics.clone(),
+        peers.clone(),
+    );
     let listener = bind(config.addr).await?;
     let pruner = Arc::new(PruneService::new(store.clone(), metrics));
     let _ = admin_state.prune.set(pruner.clone());
@@ -117,9 +127,12 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         admin_addr = %config.admin_addr,
         upstreams = config.registries.len(),
         air_gapped = config.air_gapped,
+        peers = config.has_peers(),
         "imagecache serving"
     );
 
+    // Once the registry listener is bound, so this server can recognise itself among its peers.
+    let membership = peers.map(|p| tokio::spawn(p.run(shutdown.clone())));
     let flusher = tokio::spawn(flush_loop(
         store.clone(),
         config.access_flush_interval,
@@ -147,6 +160,9 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     shutdown.cancel();
     signals.abort();
     let _ = flusher.await;
+    if let Some(m) = membership {
+        let _ = m.await;
+    }
     if let Some(b) = background {
         let _ = b.await;
     }

@@ -62,6 +62,7 @@ const RULES: &[Rule] = &[
     never("prune",     &["registry", "upstream", "load", "admin", "imageapi", "listing", "server", "cli", "operator", "crd"], "the engine knows no registry or operator"),
     never("listing",   &["registry", "upstream", "load", "admin", "imageapi", "server", "cli", "operator"], "rows and columns the CLI and /cmd share"),
     never("upstream",  &["registry", "store", "prune", "load", "admin", "imageapi", "server", "cli", "operator", "crd"], "clients of other registries, below the data plane"),
+    never("peers",     &["registry", "store", "prune", "load", "admin", "imageapi", "listing", "server", "cli", "operator", "crd"], "the other replicas: membership, ownership, the peer client; below the data plane"),
     never("registry",  &["prune", "load", "admin", "imageapi", "listing", "server", "cli", "operator", "crd"], "the data plane knows no admin surface and no operator"),
     never("load",      &["prune", "admin", "imageapi", "server", "cli", "operator", "crd"], "takes an Options value from the CLI, never its flags"),
     never("admin",     &["imageapi", "registry", "upstream", "load", "server", "cli", "operator", "crd"], "admin and image APIs are composed in server, not by each other"),
@@ -79,6 +80,7 @@ const CRATE_RULES: &[(&str, &[&str], &str)] = &[
     ("prune",    &["axum", "reqwest", "hyper", "kube", "k8s_openapi"],  "the engine knows no HTTP surface and no cluster"),
     ("registry", &["kube", "k8s_openapi"],                              "the data plane knows no Kubernetes"),
     ("upstream", &["kube", "k8s_openapi"],                              "clients of other registries know no cluster"),
+    ("peers",    &["axum", "kube", "k8s_openapi"],                      "a client of the other replicas: no server, no cluster"),
 ];
 
 // ---------------------------------------------------------------------------------------------

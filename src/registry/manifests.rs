@@ -1,5 +1,14 @@
 //! Manifests, tags and referrers: cache lookups, the tag TTL with stale-if-error, and the
 //! single upstream fetch per (repository, reference).
+//!
+//! With peers, a manifest missed by digest is asked of its owner (then its previous owner)
+//! before the upstream, verified against the digest before anything is served or stored (a
+//! wrong answer costs the client nothing: the next source is asked). The owner asks only its
+//! previous owner, cache only; its fetch is the one peers' requests join, and a relayed fetch
+//! that falls back to the upstream joins it too, so a manifest is fetched upstream once. Tags stay per replica:
+//! each replica resolves and revalidates its tags with the upstream (a `HEAD`) under its own
+//! TTL, and fetches what a tag resolves to by digest, from the owner. Replicas keep every
+//! manifest they serve: manifests are small and carry the tags and the per-replica views.
 
 use std::sync::Arc;
 
@@ -13,7 +22,8 @@ use jiff::Timestamp;
 use super::error::RegistryError;
 use super::{AppState, Query, upstream_failure};
 use crate::digest::Digest;
-use crate::metrics::{Kind, Lookup, Outcome, RetryLabels, RetryReason};
+use crate::metrics::{ContentSource, Kind, Lookup, Outcome, PeerFailure, RetryLabels, RetryReason};
+use crate::peers::{Ask, Member, Peers};
 use crate::reference::{Reference, RepoPath};
 use crate::store::{DOCKER_LIST, DOCKER_MANIFEST, ManifestContent, OCI_INDEX, OCI_MANIFEST};
 use crate::upstream::Upstream;
@@ -32,25 +42,37 @@ fn accept_header() -> HeaderMap {
     h
 }
 
+/// A manifest request; with `relay`, a miss may be fetched from a peer.
 pub async fn get(
     state: &Arc<AppState>,
     repo: &RepoPath,
     reference: Reference,
     head: bool,
+    relay: bool,
 ) -> Result<Response, RegistryError> {
-    let content = match &reference {
-        Reference::Digest(d) => by_digest(state, repo, d).await?,
-        Reference::Tag(t) => by_tag(state, repo, t).await?,
+    let (content, source) = match &reference {
+        Reference::Digest(d) => by_digest(state, repo, d, relay).await?,
+        Reference::Tag(t) => by_tag(state, repo, t, relay).await?,
     };
     if !head {
         state.store.record_pull(&content.digest, Timestamp::now());
+        let len = content.bytes.len() as u64;
         state
             .metrics
             .served_bytes
             .get_or_create(&crate::metrics::KindLabels {
                 kind: Kind::manifest,
             })
-            .inc_by(content.bytes.len() as u64);
+            .inc_by(len);
+        state.metrics.served(Kind::manifest, source);
+        state
+            .metrics
+            .served_source_bytes
+            .get_or_create(&crate::metrics::SourceLabels {
+                kind: Kind::manifest,
+                source,
+            })
+            .inc_by(len);
     }
     Ok(manifest_response(content, head))
 }
@@ -77,37 +99,44 @@ fn manifest_response(content: ManifestContent, head: bool) -> Response {
     resp
 }
 
+/// A manifest by digest, and where it came from. With `relay`, a miss may come from a peer.
 pub(super) async fn by_digest(
     state: &Arc<AppState>,
     repo: &RepoPath,
     digest: &Digest,
-) -> Result<ManifestContent, RegistryError> {
+    relay: bool,
+) -> Result<(ManifestContent, ContentSource), RegistryError> {
     if let Some(c) = cached(state, digest)? {
         state.metrics.lookup(Kind::manifest, Lookup::hit);
         if !state.store.has_reference(digest, repo) {
             let (store, d, r) = (state.store.clone(), digest.clone(), repo.clone());
             tokio::task::spawn_blocking(move || store.add_reference(&d, &r)).await??;
         }
-        return Ok(c);
+        return Ok((c, ContentSource::cache));
     }
-    if state.config.air_gapped {
+    let relay = relay && state.peers.is_some();
+    if state.config.air_gapped && !relay {
         return Err(RegistryError::ManifestUnknown);
     }
     state.metrics.lookup(Kind::manifest, Lookup::miss);
-    fetch(state, repo, Reference::Digest(digest.clone())).await
+    fetch(state, repo, Reference::Digest(digest.clone()), relay).await
 }
 
+/// A manifest by tag, and where it came from. The tag itself is this replica's: resolved and
+/// revalidated with the upstream under its own TTL.
 pub(super) async fn by_tag(
     state: &Arc<AppState>,
     repo: &RepoPath,
     tag: &str,
-) -> Result<ManifestContent, RegistryError> {
+    relay: bool,
+) -> Result<(ManifestContent, ContentSource), RegistryError> {
+    let relay = relay && state.peers.is_some();
     let Some(entry) = state.store.resolve_tag(repo, tag) else {
         if state.config.air_gapped {
             return Err(RegistryError::ManifestUnknown);
         }
         state.metrics.lookup(Kind::tag, Lookup::miss);
-        return fetch(state, repo, Reference::Tag(tag.to_owned())).await;
+        return fetch(state, repo, Reference::Tag(tag.to_owned()), relay).await;
     };
     let age = Timestamp::now()
         .duration_since(entry.checked)
@@ -116,19 +145,32 @@ pub(super) async fn by_tag(
         && let Some(c) = cached(state, &entry.digest)?
     {
         state.metrics.lookup(Kind::tag, Lookup::hit);
-        return Ok(c);
+        return Ok((c, ContentSource::cache));
     }
     if state.config.air_gapped {
         return Err(RegistryError::ManifestUnknown);
     }
-    let key = (repo.clone(), format!("revalidate:{tag}"));
+    let key = (
+        repo.clone(),
+        flight_key(&format!("revalidate:{tag}"), relay),
+    );
     let (st, repo, tag) = (state.clone(), repo.clone(), tag.to_owned());
     state
         .manifest_flights
         .run(key, move || async move {
-            revalidate(&st, &repo, &tag, entry.digest).await
+            revalidate(&st, &repo, &tag, entry.digest, relay).await
         })
         .await
+}
+
+/// The single-flight key of a manifest fetch: relayed fetches (which may wait on a peer's fetch)
+/// are never joined by a peer's request, so replicas never wait on each other in a circle.
+fn flight_key(reference: &str, relay: bool) -> String {
+    if relay {
+        format!("relay:{reference}")
+    } else {
+        reference.to_owned()
+    }
 }
 
 /// A cached manifest: hot ones come from memory, and a read from disk is small enough to do
@@ -144,7 +186,8 @@ async fn revalidate(
     repo: &RepoPath,
     tag: &str,
     cached_digest: Digest,
-) -> Result<ManifestContent, RegistryError> {
+    relay: bool,
+) -> Result<(ManifestContent, ContentSource), RegistryError> {
     let cached_ref = &cached_digest;
     let head = async {
         let upstream = state.upstreams.get(&repo.registry)?;
@@ -164,7 +207,7 @@ async fn revalidate(
         let c = cached(state, cached_ref)?.ok_or(RegistryError::ManifestUnknown)?;
         tracing::warn!(%repo, tag, %reason, "upstream unavailable; serving cached tag");
         state.metrics.lookup(Kind::tag, Lookup::stale);
-        Ok(c)
+        Ok((c, ContentSource::cache))
     };
     let resp = match head {
         Ok(r) => r,
@@ -180,11 +223,7 @@ async fn revalidate(
     if !status.is_success() {
         return stale(format!("upstream answered {status}")).await;
     }
-    let upstream_digest = resp
-        .headers()
-        .get("docker-content-digest")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<Digest>().ok());
+    let upstream_digest = header_digest(resp.headers());
     if upstream_digest.as_ref() == Some(&cached_digest)
         && let Some(c) = cached(state, &cached_digest)?
     {
@@ -196,24 +235,35 @@ async fn revalidate(
         );
         tokio::task::spawn_blocking(move || store.set_tag(&r, &t, &d, Timestamp::now())).await??;
         state.metrics.lookup(Kind::tag, Lookup::revalidated);
-        return Ok(c);
+        return Ok((c, ContentSource::cache));
     }
     state.metrics.lookup(Kind::tag, Lookup::miss);
-    fetch_now(state, repo, &Reference::Tag(tag.to_owned())).await
+    match upstream_digest {
+        // The tag moved: what it resolves to now is fetched once, by its owner.
+        Some(d) if relay => tag_by_digest(state, repo, tag, d).await,
+        _ => fetch_now(state, repo, &Reference::Tag(tag.to_owned()), relay).await,
+    }
 }
 
-/// One upstream fetch per (repository, reference), shared by all waiters.
+/// One fetch per (repository, reference), shared by all waiters.
 async fn fetch(
     state: &Arc<AppState>,
     repo: &RepoPath,
     reference: Reference,
-) -> Result<ManifestContent, RegistryError> {
-    let key = (repo.clone(), reference.to_string());
+    relay: bool,
+) -> Result<(ManifestContent, ContentSource), RegistryError> {
+    // The owner of a digest never waits on a peer's fetch: its fetch is a direct one.
+    let relay = relay
+        && match (&reference, &state.peers) {
+            (Reference::Digest(d), Some(p)) => !p.owns(d),
+            _ => true,
+        };
+    let key = (repo.clone(), flight_key(&reference.to_string(), relay));
     let (st, repo) = (state.clone(), repo.clone());
     state
         .manifest_flights
         .run(key, move || async move {
-            fetch_now(&st, &repo, &reference).await
+            fetch_now(&st, &repo, &reference, relay).await
         })
         .await
 }
@@ -222,7 +272,43 @@ async fn fetch_now(
     state: &Arc<AppState>,
     repo: &RepoPath,
     reference: &Reference,
-) -> Result<ManifestContent, RegistryError> {
+    relay: bool,
+) -> Result<(ManifestContent, ContentSource), RegistryError> {
+    if let Some(peers) = &state.peers {
+        match reference {
+            Reference::Digest(d) => {
+                let plan = peers.plan(d);
+                for (member, ask) in plan.iter().filter(|(_, a)| relay || *a == Ask::Cached) {
+                    match from_peer(state, peers, (member, *ask), repo, d).await {
+                        PeerManifest::Got(content) => return Ok((content, ContentSource::peer)),
+                        PeerManifest::NotFound => return Err(RegistryError::ManifestUnknown),
+                        PeerManifest::Skip => {}
+                    }
+                }
+                if relay && !state.config.air_gapped {
+                    // Peers' requests join only the direct fetch: join it, so the upstream is
+                    // asked once here.
+                    return fetch_direct(state, repo, reference.clone()).await;
+                }
+            }
+            Reference::Tag(t) if relay && !state.config.air_gapped => {
+                // This replica resolves the tag; what it resolves to is fetched by digest,
+                // once in the cluster, by its owner.
+                match resolve_upstream_tag(state, repo, t).await {
+                    TagHead::Digest(d) => return tag_by_digest(state, repo, t, d).await,
+                    TagHead::NotFound => {
+                        state.metrics.upstream(Kind::manifest, Outcome::not_found);
+                        return Err(RegistryError::ManifestUnknown);
+                    }
+                    TagHead::Unknown => {}
+                }
+            }
+            Reference::Tag(_) => {}
+        }
+        if state.config.air_gapped {
+            return Err(RegistryError::ManifestUnknown);
+        }
+    }
     state.metrics.inflight_fetches.inc();
     let result = fetch_inner(state, repo, reference).await;
     state.metrics.inflight_fetches.dec();
@@ -232,7 +318,172 @@ async fn fetch_now(
         Err(_) => Outcome::error,
     };
     state.metrics.upstream(Kind::manifest, outcome);
-    result
+    result.map(|c| (c, ContentSource::upstream))
+}
+
+/// The direct fetch of `reference` (joined or started). Boxed: a relayed fetch goes through it.
+fn fetch_direct<'a>(
+    state: &'a Arc<AppState>,
+    repo: &'a RepoPath,
+    reference: Reference,
+) -> futures_util::future::BoxFuture<'a, Result<(ManifestContent, ContentSource), RegistryError>> {
+    Box::pin(fetch(state, repo, reference, false))
+}
+
+/// What a `HEAD` of a tag told.
+enum TagHead {
+    Digest(Digest),
+    NotFound,
+    /// No answer, or one without a digest: fetch by tag instead.
+    Unknown,
+}
+
+async fn resolve_upstream_tag(state: &AppState, repo: &RepoPath, tag: &str) -> TagHead {
+    let Ok(upstream) = state.upstreams.get(&repo.registry) else {
+        return TagHead::Unknown;
+    };
+    let Ok(resp) = upstream
+        .send(
+            Method::HEAD,
+            &repo.repository,
+            &format!("manifests/{tag}"),
+            accept_header(),
+        )
+        .await
+    else {
+        return TagHead::Unknown;
+    };
+    if resp.status() == StatusCode::NOT_FOUND {
+        return TagHead::NotFound;
+    }
+    resp.status()
+        .is_success()
+        .then(|| header_digest(resp.headers()))
+        .flatten()
+        .map_or(TagHead::Unknown, TagHead::Digest)
+}
+
+fn header_digest(headers: &HeaderMap) -> Option<Digest> {
+    headers
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<Digest>().ok())
+}
+
+/// Points `tag` at `digest` after fetching the manifest by digest (from the cache, its owner
+/// or the upstream). Boxed: a fetch by tag goes through a fetch by digest.
+fn tag_by_digest<'a>(
+    state: &'a Arc<AppState>,
+    repo: &'a RepoPath,
+    tag: &'a str,
+    digest: Digest,
+) -> futures_util::future::BoxFuture<'a, Result<(ManifestContent, ContentSource), RegistryError>> {
+    Box::pin(async move {
+        let (content, source) = by_digest(state, repo, &digest, true).await?;
+        let (store, r, t) = (state.store.clone(), repo.clone(), tag.to_owned());
+        tokio::task::spawn_blocking(move || store.set_tag(&r, &t, &digest, Timestamp::now()))
+            .await??;
+        Ok((content, source))
+    })
+}
+
+/// How asking one peer for a manifest ended.
+enum PeerManifest {
+    /// Verified and stored.
+    Got(ManifestContent),
+    /// The peer answered 404: its upstream does not have it either.
+    NotFound,
+    /// The peer could not be used; ask the next source.
+    Skip,
+}
+
+/// Asks `member` for manifest `digest`, verifies the answer and stores it.
+async fn from_peer(
+    state: &Arc<AppState>,
+    peers: &Peers,
+    (member, ask): (&Member, Ask),
+    repo: &RepoPath,
+    digest: &Digest,
+) -> PeerManifest {
+    let reference = Reference::Digest(digest.clone());
+    let resp = match peers
+        .send(
+            member,
+            Method::GET,
+            repo,
+            &format!("manifests/{digest}"),
+            ask,
+            accept_header(),
+        )
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(reason) = e.reason() {
+                peers.failed(member, reason, &e);
+            }
+            return PeerManifest::Skip;
+        }
+    };
+    match resp.status() {
+        StatusCode::OK => {}
+        // A 404 to a cache-only ask says only that the peer does not hold it.
+        StatusCode::NOT_FOUND if ask == Ask::Cached => return PeerManifest::Skip,
+        StatusCode::NOT_FOUND => return PeerManifest::NotFound,
+        status => {
+            peers.failed(member, PeerFailure::status, &format!("answered {status}"));
+            return PeerManifest::Skip;
+        }
+    }
+    let downloaded = match read_body(resp, repo, &reference, "peer").await {
+        Ok(d) => d,
+        Err(Download::Cut(e)) => {
+            peers.failed(member, PeerFailure::cut, &e);
+            return PeerManifest::Skip;
+        }
+        Err(Download::Failed(e)) => {
+            peers.failed(member, PeerFailure::status, &e);
+            return PeerManifest::Skip;
+        }
+    };
+    state
+        .metrics
+        .peer_bytes
+        .get_or_create(&crate::metrics::KindLabels {
+            kind: Kind::manifest,
+        })
+        .inc_by(downloaded.bytes.len() as u64);
+    let (bytes, content_type, digest) = match downloaded.verified(repo, &reference) {
+        Ok(v) => v,
+        Err(e) => {
+            peers.failed(member, PeerFailure::digest, &e);
+            return PeerManifest::Skip;
+        }
+    };
+    let (store, repo) = (state.store.clone(), repo.clone());
+    let stored = tokio::task::spawn_blocking(move || {
+        store.put_manifest(
+            &repo,
+            None,
+            &digest,
+            content_type.as_deref(),
+            &bytes,
+            Timestamp::now(),
+        )
+    })
+    .await;
+    match stored {
+        Ok(Ok(content)) => PeerManifest::Got(content),
+        Ok(Err(e)) => {
+            // Bytes that hash right but do not parse: the upstream decides.
+            tracing::warn!(peer = %member.id, error = %e, "peer manifest cannot be stored");
+            PeerManifest::Skip
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "storing a peer manifest failed");
+            PeerManifest::Skip
+        }
+    }
 }
 
 async fn fetch_inner(
@@ -349,9 +600,20 @@ async fn download(
             RegistryError::ManifestUnknown,
         )));
     }
+    read_body(resp, repo, reference, "upstream").await
+}
+
+/// A manifest answer's body and headers, at most [`MAX_MANIFEST_BYTES`]; `from` names the
+/// source in errors.
+async fn read_body(
+    resp: reqwest::Response,
+    repo: &RepoPath,
+    reference: &Reference,
+    from: &str,
+) -> Result<Downloaded, Download> {
     let too_large = || {
         Download::Failed(RegistryError::ManifestTooLarge(format!(
-            "upstream manifest for {repo}:{reference} exceeds {MAX_MANIFEST_BYTES} bytes"
+            "{from} manifest for {repo}:{reference} exceeds {MAX_MANIFEST_BYTES} bytes"
         )))
     };
     if resp
@@ -365,17 +627,13 @@ async fn download(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let header_digest = resp
-        .headers()
-        .get("docker-content-digest")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<Digest>().ok());
+    let header_digest = header_digest(resp.headers());
     let mut body = BytesMut::new();
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
             Download::Cut(RegistryError::Unavailable(format!(
-                "upstream cut the manifest transfer: {}",
+                "{from} cut the manifest transfer: {}",
                 crate::upstream::error_chain(&e)
             )))
         })?;

@@ -1,7 +1,13 @@
 //! The distribution pull API (`/v2/...`): routing, upstream selection and the handlers.
 //!
-//! Layer: the data plane, over the [`crate::store`] and the [`crate::upstream`] clients. It knows
-//! no prune engine, no admin or image API and no operator (and no Kubernetes at all).
+//! Layer: the data plane, over the [`crate::store`], the [`crate::upstream`] clients and the
+//! [`crate::peers`] (the other replicas). It knows no prune engine, no admin or image API and
+//! no operator (and no Kubernetes at all).
+//!
+//! A request carrying [`crate::peers::PEER_HEADER`] comes from a peer: it is admitted and limited
+//! like any other, and answered from the cache or the upstream, never by a fetch at another
+//! peer (the owner of a digest only asks its previous owner whether it holds it, with
+//! [`crate::peers::PEER_CACHED_HEADER`], which is answered from the cache alone).
 
 mod blobs;
 pub mod error;
@@ -24,7 +30,8 @@ pub use error::RegistryError;
 
 use crate::config::Config;
 use crate::digest::Digest;
-use crate::metrics::{Endpoint, Kind, Lookup, Metrics, Outcome, RequestLabels};
+use crate::metrics::{ContentSource, Endpoint, Kind, Lookup, Metrics, Outcome, RequestLabels};
+use crate::peers::{Ask, PEER_CACHED_HEADER, PEER_HEADER, Peers};
 use crate::reference::{Reference, RepoPath, Route, parse_route, select_upstream};
 use crate::store::{ManifestContent, Store};
 use crate::upstream::Upstreams;
@@ -37,22 +44,37 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub upstreams: Upstreams,
     pub metrics: Arc<Metrics>,
+    /// The other replicas of this cache, when it has some.
+    pub peers: Option<Arc<Peers>>,
     blob_fetches: BlobFetches,
-    manifest_flights: flight::Flights<(RepoPath, String), ManifestContent>,
+    manifest_flights: flight::Flights<(RepoPath, String), (ManifestContent, ContentSource)>,
 }
 
 impl AppState {
+    /// A registry without peers.
     pub fn new(
         config: Arc<Config>,
         store: Arc<Store>,
         upstreams: Upstreams,
         metrics: Arc<Metrics>,
     ) -> Arc<AppState> {
+        AppState::with_peers(config, store, upstreams, metrics, None)
+    }
+
+    /// A registry that asks `peers` (the other replicas) before the upstream.
+    pub fn with_peers(
+        config: Arc<Config>,
+        store: Arc<Store>,
+        upstreams: Upstreams,
+        metrics: Arc<Metrics>,
+        peers: Option<Arc<Peers>>,
+    ) -> Arc<AppState> {
         Arc::new(AppState {
             config,
             store,
             upstreams,
             metrics,
+            peers,
             blob_fetches: BlobFetches::default(),
             manifest_flights: flight::Flights::default(),
         })
@@ -123,6 +145,15 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
     let mut resp = result.unwrap_or_else(IntoResponse::into_response);
     resp.headers_mut()
         .insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));
+    // A peer learns from this whether it asked itself.
+    if parts.headers.contains_key(PEER_HEADER)
+        && let Some(v) = state
+            .peers
+            .as_ref()
+            .and_then(|p| HeaderValue::from_str(p.instance()).ok())
+    {
+        resp.headers_mut().insert(PEER_HEADER, v);
+    }
     state
         .metrics
         .requests
@@ -162,6 +193,23 @@ async fn handle(
     let method = &req.method;
     let read = *method == Method::GET || *method == Method::HEAD;
     let head = *method == Method::HEAD;
+    // A peer's request is answered from the cache or the upstream, never from another peer;
+    // the header grants nothing else.
+    let from_peer = req.headers.contains_key(PEER_HEADER);
+    let relay = !from_peer && state.peers.is_some();
+    // A cache-only ask (from the digest's new owner) starts no fetch at all.
+    let cached_only = from_peer && req.headers.contains_key(PEER_CACHED_HEADER);
+    if from_peer && matches!(route, Route::Manifest { .. } | Route::Blob { .. }) {
+        let kind = match route {
+            Route::Blob { .. } => Kind::blob,
+            _ => Kind::manifest,
+        };
+        state
+            .metrics
+            .peer_requests_answered
+            .get_or_create(&crate::metrics::KindLabels { kind })
+            .inc();
+    }
     let repo = |name: &str| -> Result<RepoPath, RegistryError> {
         let repo = select_upstream(name, query.ns.as_deref(), &state.config.default_registry)?;
         // The allowlist and the SSRF guard apply in every mode, so a cache cannot be used to
@@ -193,7 +241,13 @@ async fn handle(
                     Err(e) => Err(e),
                 },
                 (_, reference) => match repo(name) {
-                    Ok(repo) => manifests::get(state, &repo, reference, head).await,
+                    Ok(_)
+                        if cached_only
+                            && !matches!(&reference, Reference::Digest(d) if state.store.has_manifest(d)) =>
+                    {
+                        Err(RegistryError::ManifestUnknown)
+                    }
+                    Ok(repo) => manifests::get(state, &repo, reference, head, relay).await,
                     Err(e) => Err(e),
                 },
             };
@@ -204,7 +258,10 @@ async fn handle(
                 push()
             } else {
                 match repo(name) {
-                    Ok(repo) => get_blob(state, &repo, &digest, &req.headers, head).await,
+                    Ok(_) if cached_only && state.store.blob_size(&digest).is_none() => {
+                        Err(RegistryError::BlobUnknown)
+                    }
+                    Ok(repo) => get_blob(state, &repo, &digest, &req.headers, head, relay).await,
                     Err(e) => Err(e),
                 }
             };
@@ -327,6 +384,7 @@ async fn get_blob(
     digest: &Digest,
     headers: &HeaderMap,
     head: bool,
+    relay: bool,
 ) -> Result<Response, RegistryError> {
     let cached = match state.store.blob_size(digest) {
         Some(size) => match std::fs::File::open(state.store.blob_path(digest)) {
@@ -342,14 +400,19 @@ async fn get_blob(
             state.metrics.lookup(Kind::blob, Lookup::hit);
             s
         }
-        None if state.config.air_gapped => return Err(RegistryError::BlobUnknown),
-        None if head => return head_blob_upstream(state, repo, digest).await,
+        None if state.config.air_gapped && !relay => return Err(RegistryError::BlobUnknown),
+        None if head => return head_blob_uncached(state, repo, digest, relay).await,
         None => {
             state.metrics.lookup(Kind::blob, Lookup::miss);
-            state.blob_fetches.join_or_start(state, repo, digest)?
+            state
+                .blob_fetches
+                .join_or_start(state, repo, digest, relay)?
         }
     };
     let size = source.ready().await?;
+    if !head {
+        state.metrics.served(Kind::blob, source.origin());
+    }
     let range = match (
         headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
         size,
@@ -390,14 +453,22 @@ async fn get_blob(
         .map_err(|e| RegistryError::Internal(e.to_string()))
 }
 
-/// HEAD of an uncached blob asks the upstream without downloading the blob.
-async fn head_blob_upstream(
+/// HEAD of an uncached blob asks (the owner, then) the upstream without downloading the blob.
+async fn head_blob_uncached(
     state: &Arc<AppState>,
     repo: &RepoPath,
     digest: &Digest,
+    relay: bool,
 ) -> Result<Response, RegistryError> {
-    let size = match state.blob_fetches.pending_size(digest) {
-        Some(size) => size,
+    let from_peers = match state.blob_fetches.pending_size(digest) {
+        Some(size) => Some(Some(size)),
+        None if relay => head_blob_peers(state, repo, digest).await,
+        None => None,
+    };
+    let size = match from_peers {
+        Some(Some(size)) => size,
+        Some(None) => return Err(RegistryError::BlobUnknown),
+        None if state.config.air_gapped => return Err(RegistryError::BlobUnknown),
         None => {
             let upstream = state.upstreams.get(&repo.registry)?;
             let resp = upstream
@@ -422,6 +493,48 @@ async fn head_blob_upstream(
         .header(header::ACCEPT_RANGES, "bytes")
         .body(Body::empty())
         .map_err(|e| RegistryError::Internal(e.to_string()))
+}
+
+/// HEAD of an uncached blob at the peers [`Peers::plan`] names: `Some(Some(size))` when one
+/// has it, `Some(None)` when one asked to fetch answered 404 (passed on), `None` when none
+/// could tell.
+async fn head_blob_peers(
+    state: &Arc<AppState>,
+    repo: &RepoPath,
+    digest: &Digest,
+) -> Option<Option<u64>> {
+    let peers = state.peers.as_ref()?;
+    for (member, ask) in peers.plan(digest) {
+        let suffix = format!("blobs/{digest}");
+        match peers
+            .send(&member, Method::HEAD, repo, &suffix, ask, HeaderMap::new())
+            .await
+        {
+            Ok(r) if r.status() == StatusCode::OK => {
+                let len = r
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if len.is_some() {
+                    return Some(len);
+                }
+            }
+            Ok(r) if r.status() == StatusCode::NOT_FOUND && ask == Ask::Fetch => return Some(None),
+            Ok(r) if r.status() == StatusCode::NOT_FOUND => {}
+            Ok(r) => {
+                let status = r.status();
+                let reason = crate::metrics::PeerFailure::status;
+                peers.failed(&member, reason, &format!("answered {status}"));
+            }
+            Err(e) => {
+                if let Some(reason) = e.reason() {
+                    peers.failed(&member, reason, &e);
+                }
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 //!
 //! Everything goes through the handlers' own paths (tag TTL, single flight, digest
 //! verification, metrics), so a preload running next to client pulls never fetches twice.
+//! With peers that keep no copy (`peering.nonOwnerBlobs: proxy`), a replica preloads only the
+//! blobs it owns: every replica runs the same preload, so each blob lands on its owner once.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -36,6 +38,8 @@ pub struct PullSummary {
     pub bytes_fetched: u64,
     /// Bytes of the blobs that were already cached.
     pub bytes_cached: u64,
+    /// Blobs left to the peer that owns them (replicas that keep no copy of what they do not own).
+    pub blobs_on_peers: u64,
     /// Index children left out by the platform filter.
     pub platforms_skipped: u64,
 }
@@ -99,6 +103,7 @@ pub async fn pull_image_observed(
         blobs_cached: 0,
         bytes_fetched: 0,
         bytes_cached: 0,
+        blobs_on_peers: 0,
         platforms_skipped: 0,
     };
     let mut seen_manifests = HashSet::from([top.content.digest.clone()]);
@@ -164,6 +169,7 @@ pub async fn pull_image_observed(
                 summary.blobs_fetched += 1;
                 summary.bytes_fetched += size;
             }
+            BlobOutcome::OnPeer => summary.blobs_on_peers += 1,
         }
     }
     Ok(summary)
@@ -198,9 +204,9 @@ async fn resolve(
         Reference::Tag(t) => state.store.resolve_tag(repo, t).map(|e| e.digest),
     }
     .filter(|d| state.store.has_manifest(d));
-    let content = match &reference {
-        Reference::Digest(d) => manifests::by_digest(state, repo, d).await?,
-        Reference::Tag(t) => manifests::by_tag(state, repo, t).await?,
+    let (content, _) = match &reference {
+        Reference::Digest(d) => manifests::by_digest(state, repo, d, true).await?,
+        Reference::Tag(t) => manifests::by_tag(state, repo, t, true).await?,
     };
     Ok(Resolved {
         was_cached: before.as_ref() == Some(&content.digest),
@@ -211,6 +217,8 @@ async fn resolve(
 enum BlobOutcome {
     Cached(u64),
     Fetched(u64),
+    /// Owned by a peer, and this replica keeps no copy of what it does not own.
+    OnPeer,
 }
 
 /// Makes sure a blob is committed to the cache: joins (or starts) the same single-flight fetch
@@ -225,11 +233,19 @@ async fn ensure_blob(
         state.metrics.lookup(Kind::blob, Lookup::hit);
         return Ok(BlobOutcome::Cached(size));
     }
+    if let Some(peers) = &state.peers
+        && !peers.keeps_blobs()
+        && !peers.owns(digest)
+    {
+        return Ok(BlobOutcome::OnPeer);
+    }
     if state.config.air_gapped {
         return Err(RegistryError::BlobUnknown);
     }
     state.metrics.lookup(Kind::blob, Lookup::miss);
-    let mut source = state.blob_fetches.join_or_start(state, repo, digest)?;
+    let mut source = state
+        .blob_fetches
+        .join_or_start(state, repo, digest, true)?;
     let mut reported = 0u64;
     let size = loop {
         let progress = source.progress.borrow_and_update().clone();

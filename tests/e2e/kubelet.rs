@@ -13,7 +13,11 @@
 //! - probes `readinessProbe` with its period and failure threshold and reports `Ready` from it;
 //! - restarts the container when it exits (backoff 10 s doubling, as the kubelet's) and counts
 //!   the restarts;
-//! - kills it when its Pod is deleted or replaced.
+//! - kills it when its Pod is deleted or replaced;
+//! - stands in for cluster DNS: each container runs in a mount namespace of its own whose
+//!   `/etc/hosts` is a file this kubelet keeps current with the addresses of the ready Pods
+//!   each headless Service of the namespace selects (`<service>.<namespace>.svc` and
+//!   `...svc.cluster.local`), as CoreDNS answers them.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -23,7 +27,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Volume};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, Volume};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -49,6 +53,8 @@ struct RunningPod {
     uid: String,
     ip: String,
     root: PathBuf,
+    /// The file bind-mounted over the container's `/etc/hosts` (cluster DNS).
+    hosts: PathBuf,
     args: Vec<String>,
     container: String,
     image: String,
@@ -170,6 +176,9 @@ async fn run(
     cancel: CancellationToken,
 ) {
     while !cancel.is_cancelled() {
+        if let Err(e) = publish_dns(&client, &ns, &work).await {
+            eprintln!("kubelet stand-in ({ns}): {e}");
+        }
         if let Err(e) = sync(&pods, &client, &ns, &work, &state).await {
             eprintln!("kubelet stand-in ({ns}): {e}");
         }
@@ -178,6 +187,69 @@ async fn run(
             _ = tokio::time::sleep(TICK) => {}
         }
     }
+}
+
+/// The `/etc/hosts` every container of this kubelet sees.
+fn hosts_file(work: &Path) -> PathBuf {
+    work.join("hosts")
+}
+
+/// Cluster DNS for the headless Services of `ns`: the addresses of the ready Pods each one
+/// selects, written to the containers' `/etc/hosts` (in place, so the bind mounts see it) when
+/// they change. (The EndpointSlices of this cluster list none of these Pods: they run on no
+/// Node, as it has none; so the stand-in applies the rule itself: selected, Ready, not
+/// terminating, with an IP.)
+async fn publish_dns(client: &Client, ns: &str, work: &Path) -> Result<(), String> {
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let mut lines = vec!["127.0.0.1 localhost".to_owned()];
+    for service in services
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| format!("list services: {e}"))?
+        .items
+    {
+        let Some(spec) = service.spec.as_ref() else {
+            continue;
+        };
+        let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else {
+            continue;
+        };
+        if spec.cluster_ip.as_deref() != Some("None") {
+            continue;
+        }
+        let labels = selector
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let name = service.name_any();
+        for pod in pods
+            .list(&ListParams::default().labels(&labels))
+            .await
+            .map_err(|e| format!("list pods of {name}: {e}"))?
+            .items
+        {
+            let status = pod.status.as_ref();
+            let ready = status
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let ip = status.and_then(|s| s.pod_ip.as_deref()).unwrap_or("");
+            if ready && !ip.is_empty() && pod.metadata.deletion_timestamp.is_none() {
+                lines.push(format!(
+                    "{ip} {name}.{ns}.svc {name}.{ns}.svc.cluster.local"
+                ));
+            }
+        }
+    }
+    lines[1..].sort();
+    let text = lines.join("\n") + "\n";
+    let path = hosts_file(work);
+    if fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+        fs::create_dir_all(work).map_err(|e| e.to_string())?;
+        fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// One round: start new Pods, stop gone ones, restart exited containers, probe, report.
@@ -317,7 +389,7 @@ fn tend(p: &mut RunningPod) {
     if p.child.is_none() && p.restart_at.is_some_and(|at| Instant::now() >= at) {
         p.restart_at = None;
         p.restarts += 1;
-        p.child = Some(spawn(&p.root, &p.args));
+        p.child = Some(spawn(&p.root, &p.hosts, &p.args));
         p.started_at = now();
         p.next_probe = Instant::now();
     }
@@ -459,11 +531,16 @@ async fn admit(client: &Client, ns: &str, work: &Path, pod: &Pod) -> Result<Runn
                 .map(|p| p.container_port),
         })
         .ok_or("the readiness probe names no admin port")?;
-    let child = spawn(&root, &args);
+    let hosts = hosts_file(work);
+    if !hosts.exists() {
+        write_file(&hosts, b"127.0.0.1 localhost\n")?;
+    }
+    let child = spawn(&root, &hosts, &args);
     Ok(RunningPod {
         uid,
         ip,
         root,
+        hosts,
         args,
         container: container.name.clone(),
         image: container.image.clone().unwrap_or_default(),
@@ -602,15 +679,20 @@ fn write_file(path: &Path, content: &[u8]) -> Result<(), String> {
     fs::write(path, content).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Starts the container's process; its output goes to `container.log` in the Pod's root.
-fn spawn(root: &Path, args: &[String]) -> Child {
+/// Starts the container's process in a mount namespace of its own where `hosts` is its
+/// `/etc/hosts`; its output goes to `container.log` in the Pod's root.
+fn spawn(root: &Path, hosts: &Path, args: &[String]) -> Child {
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(root.join("container.log"))
         .expect("container log");
     let err = log.try_clone().expect("container log");
-    crate::support::tied_command(env!("CARGO_BIN_EXE_imagecache"))
+    crate::support::tied_command("unshare")
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(r#"mount --bind "$0" /etc/hosts && exec "$@""#)
+        .arg(hosts)
+        .arg(env!("CARGO_BIN_EXE_imagecache"))
         .args(args)
         .stdin(Stdio::null())
         .stdout(log)

@@ -37,5 +37,6 @@ mod crds;
 mod imagecache;
 mod leader;
 mod packaging;
+mod peers;
 mod prunepolicy;
 mod rbac;

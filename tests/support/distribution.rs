@@ -24,6 +24,8 @@ pub struct Access {
     /// Request target as sent (path plus query).
     pub path: String,
     pub status: u16,
+    /// Response body bytes as logged (a HEAD's is the length it did not send).
+    pub size: u64,
 }
 
 pub struct Distribution {
@@ -207,6 +209,15 @@ impl Distribution {
         text.lines().filter_map(parse_access_line).collect()
     }
 
+    /// Body bytes of the successful GETs served so far (what a cache downloaded from here).
+    pub fn get_bytes(&self) -> u64 {
+        self.access_log()
+            .iter()
+            .filter(|a| a.method == "GET" && (200..300).contains(&a.status))
+            .map(|a| a.size)
+            .sum()
+    }
+
     /// `(method, path)` of every request served so far.
     pub fn requests(&self) -> Vec<(String, String)> {
         self.access_log()
@@ -282,11 +293,14 @@ fn parse_access_line(line: &str) -> Option<Access> {
     let mut parts = request.split(' ');
     let method = parts.next()?.to_string();
     let path = parts.next()?.to_string();
-    let status = rest.trim_start().split(' ').next()?.parse().ok()?;
+    let mut fields = rest.split_whitespace();
+    let status = fields.next()?.parse().ok()?;
+    let size = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     Some(Access {
         method,
         path,
         status,
+        size,
     })
 }
 

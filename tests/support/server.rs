@@ -22,6 +22,8 @@ pub struct ImageCacheBuilder {
     data_dir: Option<PathBuf>,
     /// Interface the admin listener binds (clients still use 127.0.0.1).
     admin_host: Option<String>,
+    /// The registry port; a free one when not set.
+    port: Option<u16>,
 }
 
 impl ImageCacheBuilder {
@@ -61,6 +63,12 @@ impl ImageCacheBuilder {
         self
     }
 
+    /// Listens on this registry port (e.g. one named in the `peers` of other servers).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+
     /// Uses an existing cache directory instead of a fresh one.
     pub fn data_dir(mut self, dir: &Path) -> Self {
         self.data_dir = Some(dir.to_path_buf());
@@ -91,7 +99,7 @@ impl ImageCacheBuilder {
             .tempdir()
             .unwrap();
         let data = self.data_dir.unwrap_or_else(|| dir.path().join("data"));
-        let (port, admin_port) = (free_port(), free_port());
+        let (port, admin_port) = (self.port.unwrap_or_else(free_port), free_port());
         let mut config = self.config;
         config.insert("addr".into(), json!(format!("127.0.0.1:{port}")));
         let admin_host = self.admin_host.as_deref().unwrap_or("127.0.0.1");
@@ -144,6 +152,7 @@ impl ImageCache {
             config: config.as_object().unwrap().clone(),
             data_dir: None,
             admin_host: None,
+            port: None,
         }
     }
 

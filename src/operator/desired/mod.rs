@@ -167,6 +167,24 @@ pub fn owner_reference(ic: &ImageCache) -> Result<OwnerReference, DesiredError> 
     })
 }
 
+/// The DNS name the replicas of a cache with more than one replica find each other by: the
+/// headless Service, which lists only ready pods (`<name>-headless.<namespace>.svc`). `None`
+/// for a single replica.
+pub fn peer_discovery_name(ic: &ImageCache) -> Result<Option<String>, DesiredError> {
+    if ic.spec.replicas <= 1 {
+        return Ok(None);
+    }
+    let namespace = ic
+        .metadata
+        .namespace
+        .as_deref()
+        .ok_or(DesiredError::MissingMetadata("namespace"))?;
+    Ok(Some(format!(
+        "{}.{namespace}.svc",
+        headless_service_name(ic)?
+    )))
+}
+
 /// The registry config file (design section 2) the pods run with, as YAML.
 pub fn config_yaml(ic: &ImageCache) -> Result<String, DesiredError> {
     let spec = &ic.spec;
@@ -179,6 +197,7 @@ pub fn config_yaml(ic: &ImageCache) -> Result<String, DesiredError> {
         tag_ttl: spec.tag_ttl.as_deref().unwrap_or(DEFAULT_TAG_TTL),
         air_gapped: spec.air_gapped,
         registries: spec.upstreams.iter().map(registry_entry).collect(),
+        peer_discovery: peer_discovery_name(ic)?.map(|name| PeerDiscoveryEntry { name }),
         preload: spec.preload.as_ref().filter(|p| !p.images.is_empty()),
     };
     serde_saphyr::to_string(&file).map_err(DesiredError::Yaml)
@@ -211,14 +230,14 @@ pub fn admin_token_secret(ic: &ImageCache, token: &str) -> Result<Secret, Desire
     })
 }
 
-/// The headless Service giving each registry pod a stable DNS name (registry and admin ports;
-/// not-ready pods are published so the operator can reach a pod's admin API while it starts).
+/// The headless Service giving each registry pod a stable DNS name (registry and admin ports).
+/// It lists only ready pods: the replicas find each other in it (`peerDiscovery`), and a pod
+/// that is not ready must not own content. The operator reaches pods by their IPs, not by it.
 pub fn headless_service(ic: &ImageCache) -> Result<Service, DesiredError> {
     Ok(Service {
         metadata: metadata(ic, headless_service_name(ic)?)?,
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".to_owned()),
-            publish_not_ready_addresses: Some(true),
             selector: Some(selector_labels(ic)?),
             ports: Some(vec![
                 service_port("registry", REGISTRY_PORT, "registry", None),
@@ -686,9 +705,20 @@ struct ConfigFile<'a> {
     /// Empty: the embedded default allowlist (well-known public registries) applies.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     registries: Vec<RegistryEntry<'a>>,
+    /// With more than one replica, the headless Service: the replicas find each other in its
+    /// records and work as one cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer_discovery: Option<PeerDiscoveryEntry>,
     /// `spec.preload`: pulled by each pod when it starts.
     #[serde(skip_serializing_if = "Option::is_none")]
     preload: Option<&'a crate::crd::PreloadSpec>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PeerDiscoveryEntry {
+    /// `<name>-headless.<namespace>.svc`; the port is the registry port (the pods' `addr`).
+    name: String,
 }
 
 #[derive(Serialize)]

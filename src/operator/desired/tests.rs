@@ -72,6 +72,8 @@ data:
           caFile: /etc/imagecache/upstreams/registry.local:5000/ca.crt
           insecureSkipVerify: true
       - name: ghcr.io
+    peerDiscovery:
+      name: mirror-headless.infra.svc
 "#;
 
 const STATEFULSET: &str = r#"
@@ -270,7 +272,6 @@ spec:
       port: 8081
       protocol: TCP
       targetPort: admin
-  publishNotReadyAddresses: true
   selector:
     app.kubernetes.io/component: registry
     app.kubernetes.io/instance: mirror
@@ -423,6 +424,48 @@ fn rendered_config_parses_and_validates() {
     );
     assert!(tls.insecure_skip_verify);
     assert!(config.registries[2].auth.is_none() && config.registries[2].tls.is_none());
+    let discovery = config.peer_discovery.as_ref().unwrap();
+    assert_eq!(discovery.name, "mirror-headless.infra.svc");
+    assert_eq!(discovery.port, None, "the pods' registry port");
+    assert!(config.peers.is_empty());
+}
+
+#[test]
+fn replicated_caches_find_their_peers_in_the_headless_service() {
+    // More than one replica: peerDiscovery names the headless Service, which lists only ready
+    // pods, on the registry port every pod listens on.
+    let mut ic = cache(SMALL_SPEC);
+    for replicas in [2, 3, 7] {
+        ic.spec.replicas = replicas;
+        let config = Config::from_yaml(&config_yaml(&ic).unwrap()).unwrap();
+        config.validate().unwrap();
+        let d = config
+            .peer_discovery
+            .expect("peerDiscovery with replicas > 1");
+        assert_eq!(d.name, "mirror-headless.infra.svc");
+        assert_eq!(d.port.unwrap_or(config.addr.port()), REGISTRY_PORT as u16);
+        let headless = headless_service(&ic).unwrap();
+        let spec = headless.spec.unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        assert_ne!(spec.publish_not_ready_addresses, Some(true));
+        assert!(
+            spec.ports
+                .unwrap()
+                .iter()
+                .any(|p| p.name.as_deref() == Some("registry") && p.port == REGISTRY_PORT)
+        );
+    }
+    // One replica: no peers (the config, and so the pods, stay as they were).
+    ic.spec.replicas = 1;
+    assert!(!config_yaml(&ic).unwrap().contains("peerDiscovery"));
+    assert_eq!(peer_discovery_name(&ic).unwrap(), None);
+    // The name needs the namespace.
+    ic.spec.replicas = 2;
+    ic.metadata.namespace = None;
+    assert!(matches!(
+        peer_discovery_name(&ic),
+        Err(DesiredError::MissingMetadata("namespace"))
+    ));
 }
 
 #[test]
