@@ -305,7 +305,7 @@ fn parse_access_line(line: &str) -> Option<Access> {
     // `"referer" "user agent"`
     let user_agent = fields
         .next()
-        .and_then(|quoted| quoted.rsplitn(3, '"').nth(1))
+        .and_then(|quoted| quoted.rsplit('"').nth(1))
         .unwrap_or_default()
         .to_string();
     Some(Access {
