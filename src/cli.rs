@@ -100,7 +100,8 @@ pub struct NodeConfigArgs {
     /// Remove our files instead of writing them (files without our marker are never touched).
     #[arg(long)]
     pub uninstall: bool,
-    /// Keep running and re-apply every --interval, until SIGTERM or SIGINT (exit 0, files kept).
+    /// Keep running and re-apply every --interval, until SIGTERM or SIGINT; then remove the files
+    /// written for this mirror and exit 0.
     #[arg(long)]
     pub stay: bool,
     /// How often --stay re-applies.

@@ -499,9 +499,10 @@ fn bad_input_fails_with_one_line() {
     }
 }
 
-/// `--stay` puts wiped files back on the next round and exits 0 on SIGTERM, leaving them.
+/// `--stay` puts wiped files back on the next round, and on SIGTERM removes what it wrote and
+/// exits 0 (a user's file next to it stays).
 #[test]
-fn stay_restores_wiped_files_and_exits_cleanly_on_sigterm() {
+fn stay_restores_wiped_files_and_takes_them_back_on_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
     let hosts = tmp.path().join("certs.d");
     let file = hosts.join("ghcr.io/hosts.toml");
@@ -539,6 +540,12 @@ fn stay_restores_wiped_files_and_exits_cleanly_on_sigterm() {
     let content = std::fs::read_to_string(&file).unwrap();
 
     std::fs::remove_dir_all(hosts.join("ghcr.io")).unwrap();
+    std::fs::create_dir_all(hosts.join("mine.example")).unwrap();
+    std::fs::write(
+        hosts.join("mine.example/hosts.toml"),
+        "server = \"https://mine\"\n",
+    )
+    .unwrap();
     let again = rx.recv_timeout(timeout).expect("a re-apply line");
     assert_eq!(again, format!("wrote {}", file.display()));
     assert_eq!(std::fs::read_to_string(&file).unwrap(), content);
@@ -554,5 +561,13 @@ fn stay_restores_wiped_files_and_exits_cleanly_on_sigterm() {
         panic!("node-config --stay ignored SIGTERM");
     };
     assert!(status.success(), "{status}");
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), content);
+    assert_eq!(
+        rx.recv_timeout(timeout).expect("a removal line"),
+        format!("removed {}", file.display())
+    );
+    assert!(!file.exists() && !hosts.join("ghcr.io").exists());
+    assert_eq!(
+        std::fs::read_to_string(hosts.join("mine.example/hosts.toml")).unwrap(),
+        "server = \"https://mine\"\n"
+    );
 }

@@ -100,6 +100,28 @@ pub fn apply(
     Ok(reports)
 }
 
+/// Takes back what [`apply`] wrote for `mirror`: the files of `registries` that are ours and
+/// record `mirror`. Another cache's files (another mirror) and a user's files stay.
+pub fn withdraw(
+    dir: &Path,
+    runtime: Runtime,
+    registries: &[Registry],
+    mirror: &Mirror,
+) -> Result<Vec<FileReport>, NodeConfigError> {
+    let mut reports = Vec::new();
+    for registry in registries {
+        let path = dir.join(render::relative_path(runtime, registry));
+        if read_existing(&path)?.is_some_and(|c| is_stale(&c, mirror)) {
+            remove(dir, &path, runtime)?;
+            reports.push(FileReport {
+                outcome: Outcome::Removed,
+                path,
+            });
+        }
+    }
+    Ok(reports)
+}
+
 /// Removes our files: those of `registries`, or every one in `dir` when none is named. A named
 /// registry whose file lacks the marker is reported as skipped; unnamed ones are not looked at.
 pub fn uninstall(
@@ -369,6 +391,55 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(leftovers, ["ca.crt"]);
+    }
+
+    #[test]
+    fn withdraw_takes_back_only_this_mirrors_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let m = mirror("http://10.0.0.1:5000");
+        apply(
+            dir,
+            Runtime::Containerd,
+            &regs(&["docker.io", "quay.io"]),
+            &m,
+        )
+        .unwrap();
+        // Another cache writes ghcr.io; the user keeps a file of their own for mine.example.
+        apply(
+            dir,
+            Runtime::Containerd,
+            &regs(&["ghcr.io"]),
+            &mirror("http://10.9.9.9:5000"),
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.join("mine.example")).unwrap();
+        std::fs::write(dir.join("mine.example/hosts.toml"), "server = \"x\"\n").unwrap();
+        std::fs::write(dir.join("quay.io/ca.crt"), "cert").unwrap();
+        let r = withdraw(
+            dir,
+            Runtime::Containerd,
+            &regs(&["docker.io", "quay.io", "ghcr.io", "mine.example"]),
+            &m,
+        )
+        .unwrap();
+        assert_eq!(
+            outcomes(&r, dir),
+            pairs(&[
+                ("removed", "docker.io/hosts.toml"),
+                ("removed", "quay.io/hosts.toml")
+            ])
+        );
+        assert!(!dir.join("docker.io").exists());
+        assert!(
+            dir.join("quay.io/ca.crt").exists(),
+            "a folder with the user's files stays"
+        );
+        assert!(dir.join("ghcr.io/hosts.toml").exists());
+        assert!(dir.join("mine.example/hosts.toml").exists());
+        // Nothing left to take back: a second withdraw reports nothing.
+        let r = withdraw(dir, Runtime::Containerd, &regs(&["docker.io"]), &m).unwrap();
+        assert!(r.is_empty());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! first, the registry itself as the fallback); for CRI-O one `imagecache-<registry>.conf`
 //! registries.conf v2 drop-in per registry. Every file starts with [`MARKER`]: only such files
 //! are rewritten or removed, a user's own file is left alone. The operator's node-config
-//! DaemonSet runs it with `--stay` so wiped files come back.
+//! DaemonSet runs it with `--stay` so wiped files come back, and so that the files go with the
+//! DaemonSet's Pod (SIGTERM): a node never keeps pointing at a mirror that was uninstalled.
 //!
 //! - [`render`]: pure: registry + mirror + runtime -> file path and content.
 //! - [`files`]: compare, atomic write, marker-guarded removal.
@@ -108,6 +109,19 @@ impl Operation {
         })
     }
 
+    /// Takes back what an apply wrote for its mirror (nothing for an uninstall).
+    pub fn withdraw(&self) -> Result<Vec<FileReport>, NodeConfigError> {
+        match self {
+            Operation::Apply {
+                dir,
+                runtime,
+                registries,
+                mirror,
+            } => files::withdraw(dir, *runtime, registries, mirror),
+            Operation::Uninstall { .. } => Ok(Vec::new()),
+        }
+    }
+
     /// Performs it once.
     pub fn run(&self) -> Result<Vec<FileReport>, NodeConfigError> {
         match self {
@@ -126,7 +140,8 @@ impl Operation {
     }
 }
 
-/// Runs the command: once, or with `--stay` until SIGTERM/SIGINT, re-applying every interval.
+/// Runs the command: once, or with `--stay` until SIGTERM/SIGINT, re-applying every interval,
+/// then removing the files it wrote for its mirror.
 pub fn run(options: &Options) -> Result<(), NodeConfigError> {
     let op = Operation::from_options(options)?;
     if options.interval.is_zero() {
@@ -151,13 +166,13 @@ async fn stay(op: Operation, interval: Duration) -> Result<(), NodeConfigError> 
     // A first failure is fatal (the pod restarts, visibly); later ones are retried.
     report(&op.run()?, true);
     eprintln!(
-        "imagecache: node-config: re-applying every {}; stop with SIGTERM",
+        "imagecache: node-config: re-applying every {}; SIGTERM removes the files and stops",
         crate::duration::format(interval)
     );
     loop {
         tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
+            _ = term.recv() => return withdraw(&op),
+            _ = int.recv() => return withdraw(&op),
             _ = tokio::time::sleep(interval) => {}
         }
         match op.run() {
@@ -165,6 +180,14 @@ async fn stay(op: Operation, interval: Duration) -> Result<(), NodeConfigError> 
             Err(e) => eprintln!("imagecache: {e}"),
         }
     }
+}
+
+/// The end of `--stay`: the node stops pulling through this mirror (its runtime goes straight to
+/// each registry), whether the DaemonSet is being deleted (the cache, node mirroring or the
+/// release removed) or rolled (its next Pod writes the files again at once).
+fn withdraw(op: &Operation) -> Result<(), NodeConfigError> {
+    report(&op.withdraw()?, true);
+    Ok(())
 }
 
 /// Prints one line per file (with `all` false, only the files that changed) and a warning for

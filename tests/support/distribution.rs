@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::{free_port, http::probe, skopeo, tail, wait_for};
+use super::{free_port, free_port_on, http::probe, skopeo, tail, wait_for};
 
 /// One access-log entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,10 +26,14 @@ pub struct Access {
     pub status: u16,
     /// Response body bytes as logged (a HEAD's is the length it did not send).
     pub size: u64,
+    /// The client's `User-Agent`.
+    pub user_agent: String,
 }
 
 pub struct Distribution {
     dir: TempDir,
+    /// The address it listens on (loopback unless started with `start_secure_on`).
+    host: String,
     port: u16,
     config: PathBuf,
     log: PathBuf,
@@ -52,25 +56,35 @@ pub struct Secure {
 impl Distribution {
     /// A plain registry with filesystem storage, deletes enabled, no auth.
     pub fn start() -> Self {
-        Self::launch(None, &Secure::default())
+        Self::launch(None, &Secure::default(), "127.0.0.1")
     }
 
     /// A registry with TLS, client certificates and/or basic authentication.
     pub fn start_secure(secure: &Secure) -> Self {
-        Self::launch(None, secure)
+        Self::launch(None, secure, "127.0.0.1")
+    }
+
+    /// The same on another local address `host` (the test node's link to this machine), on a
+    /// port free there.
+    pub fn start_secure_on(host: &str, secure: &Secure) -> Self {
+        Self::launch(None, secure, host)
     }
 
     /// A Distribution pull-through cache of `remote_url` (e.g. `http://127.0.0.1:5000`).
     pub fn start_proxy(remote_url: &str) -> Self {
-        Self::launch(Some(remote_url), &Secure::default())
+        Self::launch(Some(remote_url), &Secure::default(), "127.0.0.1")
     }
 
-    fn launch(remote: Option<&str>, secure: &Secure) -> Self {
+    fn launch(remote: Option<&str>, secure: &Secure, host: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("distribution-")
             .tempdir()
             .unwrap();
-        let port = free_port();
+        let port = if host == "127.0.0.1" {
+            free_port()
+        } else {
+            free_port_on(host)
+        };
         let storage = dir.path().join("storage");
         fs::create_dir_all(&storage).unwrap();
         let proxy = remote
@@ -103,7 +117,7 @@ impl Distribution {
              log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
              storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n  \
              cache:\n    blobdescriptor: inmemory\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: imagecache-tests\n\
+             http:\n  addr: {host}:{port}\n  secret: imagecache-tests\n\
              {tls}{auth}{proxy}",
             storage = storage.display(),
         );
@@ -111,6 +125,7 @@ impl Distribution {
         fs::write(&config_path, config).unwrap();
         let log = dir.path().join("registry.log");
         let mut d = Distribution {
+            host: host.to_owned(),
             port,
             config: config_path,
             log,
@@ -184,9 +199,9 @@ impl Distribution {
         self.child.as_ref().map(Child::id)
     }
 
-    /// `127.0.0.1:PORT`
+    /// `HOST:PORT` (`127.0.0.1:PORT` unless started on another address)
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     /// `http://127.0.0.1:PORT`
@@ -293,14 +308,21 @@ fn parse_access_line(line: &str) -> Option<Access> {
     let mut parts = request.split(' ');
     let method = parts.next()?.to_string();
     let path = parts.next()?.to_string();
-    let mut fields = rest.split_whitespace();
+    let mut fields = rest.trim_start().splitn(3, ' ');
     let status = fields.next()?.parse().ok()?;
     let size = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    // `"referer" "user agent"`
+    let user_agent = fields
+        .next()
+        .and_then(|quoted| quoted.rsplit('"').nth(1))
+        .unwrap_or_default()
+        .to_string();
     Some(Access {
         method,
         path,
         status,
         size,
+        user_agent,
     })
 }
 

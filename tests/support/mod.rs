@@ -7,6 +7,7 @@ pub mod fake;
 pub mod faultproxy;
 pub mod http;
 pub mod image;
+pub mod oci;
 pub mod proc;
 pub mod pull;
 pub mod server;
@@ -50,6 +51,17 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free port");
+}
+
+/// A port free on the local address `host` (the test node's link), from the same range as
+/// [`free_port`].
+pub fn free_port_on(host: &str) -> u16 {
+    loop {
+        let port = free_port();
+        if TcpListener::bind((host, port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A command for a long-running child that dies with this test process, even when the process

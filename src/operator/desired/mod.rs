@@ -249,7 +249,9 @@ pub fn headless_service(ic: &ImageCache) -> Result<Service, DesiredError> {
     })
 }
 
-/// The client Service nodes and clients pull from (`<name>.<namespace>.svc:5000`).
+/// The client Service nodes and clients pull from (`<name>.<namespace>.svc:5000`). Each client
+/// (a node's container runtime, by its address) keeps to one registry pod (`ClientIP`
+/// affinity): what it pulled once is in that pod's cache when it pulls it again.
 pub fn client_service(ic: &ImageCache) -> Result<Service, DesiredError> {
     let service = ic.spec.service.clone().unwrap_or_default();
     let (type_, node_port) = match service.type_ {
@@ -261,6 +263,7 @@ pub fn client_service(ic: &ImageCache) -> Result<Service, DesiredError> {
         spec: Some(ServiceSpec {
             type_: Some(type_.to_owned()),
             selector: Some(selector_labels(ic)?),
+            session_affinity: Some("ClientIP".to_owned()),
             ports: Some(vec![service_port(
                 "registry",
                 CLIENT_SERVICE_PORT,

@@ -306,6 +306,7 @@ spec:
     app.kubernetes.io/component: registry
     app.kubernetes.io/instance: mirror
     app.kubernetes.io/name: imagecache
+  sessionAffinity: ClientIP
   type: ClusterIP
 "#;
 
