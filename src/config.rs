@@ -93,9 +93,13 @@ fn default_discovery_interval() -> Duration {
 pub enum NonOwnerBlobs {
     /// Nothing: each blob is stored once, on its owner, so the cluster holds the sum of the
     /// replicas' volumes.
-    #[default]
     Proxy,
-    /// A copy as well: later pulls through this replica are served from its own disk.
+    /// A copy of what it relays a second time within an hour: content pulled once is stored
+    /// once, content pulled again (an image rolling out to many nodes) is read from local disk
+    /// on every replica that serves it instead of funnelling through its owner.
+    #[default]
+    Hot,
+    /// A copy of everything: later pulls through this replica are served from its own disk.
     Keep,
 }
 
@@ -122,7 +126,7 @@ pub struct PeeringConfig {
 impl Default for PeeringConfig {
     fn default() -> Self {
         PeeringConfig {
-            non_owner_blobs: NonOwnerBlobs::Proxy,
+            non_owner_blobs: NonOwnerBlobs::Hot,
             connect_timeout: Duration::from_millis(500),
             first_byte: Duration::from_secs(30),
             idle: Duration::from_secs(30),

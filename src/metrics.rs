@@ -222,6 +222,8 @@ pub struct Metrics {
     pub peer_requests_answered: Family<KindLabels, Counter>,
     /// The peer set (this replica excluded), live and down.
     pub peers: Family<PeerStateLabels, Gauge>,
+    /// Blobs another replica owns that this one kept a copy of (`nonOwnerBlobs: hot`).
+    pub hot_copies: Counter,
     store_manifests: Gauge,
     store_blobs: Gauge,
     store_bytes: Gauge,
@@ -322,6 +324,12 @@ impl Metrics {
             "The other replicas of this cache, live (asked) or down (left out until a probe answers)",
             peers.clone(),
         );
+        let hot_copies = Counter::default();
+        registry.register(
+            "peer_hot_copies",
+            "Blobs another replica owns that this one kept a copy of, relayed a second time (nonOwnerBlobs: hot)",
+            hot_copies.clone(),
+        );
         let store_manifests = Gauge::default();
         registry.register(
             "store_manifests",
@@ -387,6 +395,7 @@ impl Metrics {
             peer_errors,
             peer_requests_answered,
             peers,
+            hot_copies,
             store_manifests,
             store_blobs,
             store_bytes,

@@ -25,11 +25,12 @@
 //! counts in [`crate::metrics`]; it knows no store, no registry handler, no admin surface and no
 //! cluster.
 
+pub mod hot;
 pub mod membership;
 pub mod ring;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, header};
@@ -122,6 +123,8 @@ pub struct Peers {
     /// This server's registry listener.
     own_addr: SocketAddr,
     metrics: Arc<Metrics>,
+    /// The blobs relayed once (`nonOwnerBlobs: hot`).
+    hot: Mutex<hot::HotSet>,
 }
 
 impl std::fmt::Debug for Peers {
@@ -176,6 +179,7 @@ impl Peers {
             instance: format!("{:032x}", rand::random::<u128>()),
             own_addr: config.addr,
             metrics,
+            hot: Mutex::default(),
         };
         peers.publish();
         Ok(Some(Arc::new(peers)))
@@ -186,9 +190,26 @@ impl Peers {
         &self.instance
     }
 
-    /// Whether a replica keeps a copy of the blobs its peers serve it.
+    /// Whether a replica keeps a copy of every blob its peers serve it.
     pub fn keeps_blobs(&self) -> bool {
         self.config.non_owner_blobs == NonOwnerBlobs::Keep
+    }
+
+    /// Whether to keep the copy of `digest` a peer has just served this replica (verified):
+    /// always with `keep`, never with `proxy`, with `hot` when it was relayed before.
+    pub fn keep_relayed(&self, digest: &Digest) -> bool {
+        match self.config.non_owner_blobs {
+            NonOwnerBlobs::Keep => true,
+            NonOwnerBlobs::Proxy => false,
+            NonOwnerBlobs::Hot => {
+                let mut hot = self.hot.lock().unwrap_or_else(|p| p.into_inner());
+                let keep = hot.relayed(digest, Instant::now());
+                if keep {
+                    self.metrics.hot_copies.inc();
+                }
+                keep
+            }
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Membership> {

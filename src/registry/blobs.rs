@@ -17,8 +17,8 @@
 //! on each other in a circle and a blob is fetched upstream once per replica at most, once in
 //! the cluster when the replicas agree on its owner. What a fetch keeps: everything it read
 //! from the upstream, and what a peer relayed when this replica owns the digest or
-//! `peering.nonOwnerBlobs` is `keep`; otherwise the temp file serves the waiting clients and is
-//! dropped.
+//! `peering.nonOwnerBlobs` says to keep it (`keep`; `hot` when relayed before); otherwise the
+//! temp file serves the waiting clients and is dropped.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -579,8 +579,8 @@ async fn fetch(
         )));
     }
     // A followed direct fetch commits the blob itself.
-    let keep =
-        !followed && (from_upstream || peers.is_none_or(|p| p.keeps_blobs() || p.owns(digest)));
+    let keep = !followed
+        && (from_upstream || peers.is_none_or(|p| p.owns(digest) || p.keep_relayed(digest)));
     let written = t.written;
     if keep {
         let (store, temp, digest, w) = (

@@ -3,8 +3,9 @@
 //!
 //! Everything goes through the handlers' own paths (tag TTL, single flight, digest
 //! verification, metrics), so a preload running next to client pulls never fetches twice.
-//! With peers that keep no copy (`peering.nonOwnerBlobs: proxy`), a replica preloads only the
-//! blobs it owns: every replica runs the same preload, so each blob lands on its owner once.
+//! With peers that do not keep every copy (`peering.nonOwnerBlobs: proxy` or `hot`), a replica
+//! preloads only the blobs it owns: every replica runs the same preload, so each blob lands on
+//! its owner once.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;

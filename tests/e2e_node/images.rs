@@ -1,4 +1,4 @@
-//! The images the node runs: the project's own (the release binary made into an OCI image
+//! The images the node runs: the project's own (this test run's binary made into an OCI image
 //! without a Docker engine, imported into the node's containerd, never pulled), and workload
 //! images that exist only on the upstream registry.
 
@@ -12,26 +12,32 @@ use crate::support::oci::{self, Built, Compression, Rootfs, RunConfig};
 /// registry Pods never depend on themselves for their own image.
 pub const LOCAL_REGISTRY: &str = "imagecache.local";
 
-/// The release binary, built (or found up to date) by cargo.
-fn release_binary() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--release", "--locked", "--bin", "imagecache"])
-        .current_dir(root)
+/// The binary cargo built for this test run, stripped into `work`. Not a separate release build:
+/// on the 2 CI cores that would compile every dependency a second time for a suite that checks
+/// behaviour, not speed (the `Dockerfile` builds the release binary; `tests/image.rs` checks the
+/// two images agree).
+fn project_binary(work: &Path) -> PathBuf {
+    let bin = work.join("imagecache");
+    let status = std::process::Command::new("strip")
+        .arg("-o")
+        .arg(&bin)
+        .arg(env!("CARGO_BIN_EXE_imagecache"))
         .stdin(Stdio::null())
         .status()
-        .expect("run cargo build --release");
-    assert!(status.success(), "cargo build --release failed");
-    let bin = crate::support::target_dir().join("release/imagecache");
-    assert!(bin.is_file(), "{} after the build", bin.display());
+        .expect("run strip (binutils)");
+    assert!(
+        status.success(),
+        "strip {} failed",
+        env!("CARGO_BIN_EXE_imagecache")
+    );
     bin
 }
 
-/// Builds the project image from the release binary, imports it into the node's containerd, and
+/// Builds the project image from the test run's binary, imports it into the node's containerd, and
 /// returns its repository and tag (the tag is the start of the config digest, so a rebuilt
 /// binary is a new tag and `IfNotPresent`/`Never` can never run an old one).
 pub fn import_project_image(node: &Node, work: &Path) -> (String, String) {
-    let bin = release_binary();
+    let bin = project_binary(work);
     let layout = work.join("project-image");
     let built = oci::project_image(&bin, &layout, "e2e");
     let tag = format!("e2e-{}", &built.config_digest["sha256:".len()..][..12]);
