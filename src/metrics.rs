@@ -9,7 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::store::Stats;
 
@@ -238,141 +238,83 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("imagecache");
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
+        // Registered in the order /metrics lists them.
+        let r = &mut registry;
+        let requests = register(
+            r,
             "http_requests",
             "Registry requests by endpoint, method and status",
-            requests.clone(),
         );
-        let request_seconds = Family::<KindLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.0005, 4.0, 10))
-        });
-        registry.register(
+        let request_seconds = register_with(
+            r,
             "request_duration_seconds",
             "Time to response headers for manifest and blob requests",
-            request_seconds.clone(),
+            Family::<KindLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 4.0, 10))
+            }),
         );
-        let lookups = Family::<LookupLabels, Counter>::default();
-        registry.register(
-            "cache_lookups",
-            "Cache lookups by kind and result",
-            lookups.clone(),
-        );
-        let upstream_fetches = Family::<UpstreamLabels, Counter>::default();
-        registry.register(
+        let lookups = register(r, "cache_lookups", "Cache lookups by kind and result");
+        let upstream_fetches = register(
+            r,
             "upstream_fetches",
             "Requests sent to upstream registries",
-            upstream_fetches.clone(),
         );
-        let upstream_bytes = Family::<KindLabels, Counter>::default();
-        registry.register(
+        let upstream_bytes = register(
+            r,
             "upstream_bytes",
             "Bytes received from upstream registries",
-            upstream_bytes.clone(),
         );
-        let upstream_retries = Family::<RetryLabels, Counter>::default();
-        registry.register(
+        let upstream_retries = register(
+            r,
             "upstream_retries",
             "Upstream requests tried again or resumed, by reason",
-            upstream_retries.clone(),
         );
-        let served_bytes = Family::<KindLabels, Counter>::default();
-        registry.register(
-            "served_bytes",
-            "Bytes sent to clients",
-            served_bytes.clone(),
-        );
-        let inflight_fetches = Gauge::default();
-        registry.register(
-            "inflight_fetches",
-            "Upstream fetches in progress",
-            inflight_fetches.clone(),
-        );
-        let served_requests = Family::<SourceLabels, Counter>::default();
-        registry.register(
+        let served_bytes = register(r, "served_bytes", "Bytes sent to clients");
+        let inflight_fetches = register(r, "inflight_fetches", "Upstream fetches in progress");
+        let served_requests = register(
+            r,
             "served_requests",
             "Manifest and blob GETs answered, by where the content came from (cache, peer, upstream)",
-            served_requests.clone(),
         );
-        let served_source_bytes = Family::<SourceLabels, Counter>::default();
-        registry.register(
+        let served_source_bytes = register(
+            r,
             "served_source_bytes",
             "Manifest and blob bytes sent, by where they came from (cache, peer, upstream)",
-            served_source_bytes.clone(),
         );
-        let peer_bytes = Family::<KindLabels, Counter>::default();
-        registry.register(
-            "peer_bytes",
-            "Bytes received from the other replicas",
-            peer_bytes.clone(),
-        );
-        let peer_errors = Family::<PeerFailureLabels, Counter>::default();
-        registry.register(
+        let peer_bytes = register(r, "peer_bytes", "Bytes received from the other replicas");
+        let peer_errors = register(
+            r,
             "peer_errors",
             "Peers skipped for the next source (another peer or the upstream), by reason",
-            peer_errors.clone(),
         );
-        let peer_requests_answered = Family::<KindLabels, Counter>::default();
-        registry.register(
+        let peer_requests_answered = register(
+            r,
             "peer_requests_answered",
             "Manifest and blob requests from other replicas answered",
-            peer_requests_answered.clone(),
         );
-        let peers = Family::<PeerStateLabels, Gauge>::default();
-        registry.register(
+        let peers = register(
+            r,
             "peers",
             "The other replicas of this cache, live (asked) or down (left out until a probe answers)",
-            peers.clone(),
         );
-        let hot_copies = Counter::default();
-        registry.register(
+        let hot_copies = register(
+            r,
             "peer_hot_copies",
             "Blobs another replica owns that this one kept a copy of, relayed a second time (nonOwnerBlobs: hot)",
-            hot_copies.clone(),
         );
-        let store_manifests = Gauge::default();
-        registry.register(
-            "store_manifests",
-            "Manifests in the cache",
-            store_manifests.clone(),
-        );
-        let store_blobs = Gauge::default();
-        registry.register("store_blobs", "Blobs in the cache", store_blobs.clone());
-        let store_bytes = Gauge::default();
-        registry.register(
-            "store_bytes",
-            "Bytes of blobs in the cache",
-            store_bytes.clone(),
-        );
-        let prune_runs = Family::<PruneLabels, Counter>::default();
-        registry.register(
-            "prune_runs",
-            "Prune runs by trigger and outcome",
-            prune_runs.clone(),
-        );
-        let prune_manifests = Counter::default();
-        registry.register(
-            "prune_removed_manifests",
-            "Manifests removed by pruning",
-            prune_manifests.clone(),
-        );
-        let prune_blobs = Counter::default();
-        registry.register(
-            "prune_removed_blobs",
-            "Blobs removed by pruning",
-            prune_blobs.clone(),
-        );
-        let prune_bytes = Counter::default();
-        registry.register(
-            "prune_reclaimed_bytes",
-            "Bytes reclaimed by pruning",
-            prune_bytes.clone(),
-        );
-        let prune_seconds = Histogram::new(exponential_buckets(0.001, 4.0, 10));
-        registry.register(
+        let store_manifests = register(r, "store_manifests", "Manifests in the cache");
+        let store_blobs = register(r, "store_blobs", "Blobs in the cache");
+        let store_bytes = register(r, "store_bytes", "Bytes of blobs in the cache");
+        let prune_runs = register(r, "prune_runs", "Prune runs by trigger and outcome");
+        let prune_manifests =
+            register(r, "prune_removed_manifests", "Manifests removed by pruning");
+        let prune_blobs = register(r, "prune_removed_blobs", "Blobs removed by pruning");
+        let prune_bytes = register(r, "prune_reclaimed_bytes", "Bytes reclaimed by pruning");
+        let prune_seconds = register_with(
+            r,
             "prune_duration_seconds",
             "Time to plan and execute a prune",
-            prune_seconds.clone(),
+            Histogram::new(exponential_buckets(0.001, 4.0, 10)),
         );
         Metrics {
             registry,
@@ -440,4 +382,21 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// Registers a new metric of type `M` as `name` and returns it: the registry keeps a clone, and
+/// clones share their values.
+fn register<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    register_with(registry, name, help, M::default())
+}
+
+/// [`register`] for a metric that needs a constructor (a histogram's buckets).
+fn register_with<M: Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tempfile::TempDir;
 
+use support::bench_images::{BenchImage, generate_images, unique_content};
 use support::http::probe;
 use support::image::CONTAINERD_ACCEPT;
 use support::proc::{
@@ -44,12 +45,6 @@ const STREAM_ARGS: &[&str] = &["-t1", "-c1", "-d5s"];
 const STREAM_ROUNDS: usize = 3;
 /// Seconds of each run of the client reading 1 MiB at a time.
 const STREAM_SECS: u64 = 3;
-
-/// One generated image and where it lives upstream.
-struct BenchImage {
-    repo: &'static str,
-    image: Image,
-}
 
 #[test]
 #[ignore = "benchmark; run bench/run"]
@@ -479,56 +474,6 @@ fn each_round(runs: &BTreeMap<&str, Vec<f64>>, servers: usize) -> [String; 6] {
 
 // ---------------------------------------------------------------------------------------
 // Images
-
-/// ~110 MiB of unique content in six images: a 64 MiB single-layer image, three
-/// images sharing their first two layers, a three-platform index, and a Docker
-/// schema2 image sharing its first layer with the OCI ones (same bytes, same digest).
-fn generate_images(dir: &Path) -> Vec<BenchImage> {
-    let amd64 = Platform::linux_amd64();
-    let platforms = [
-        Platform::linux_amd64(),
-        Platform::new("linux", "arm64", Some("v8")),
-        Platform::new("linux", "arm", Some("v7")),
-    ];
-    let d = |n: &str| dir.join("images").join(n);
-    vec![
-        BenchImage {
-            repo: "bench/big",
-            image: gen_image(&d("big"), 1, &[64 * MIB], &amd64),
-        },
-        BenchImage {
-            repo: "bench/base",
-            image: gen_image(&d("base"), 2, &[8 * MIB, 4 * MIB], &amd64),
-        },
-        BenchImage {
-            repo: "bench/app-a",
-            image: gen_image(&d("app-a"), 2, &[8 * MIB, 4 * MIB, 3 * MIB], &amd64),
-        },
-        BenchImage {
-            repo: "bench/app-b",
-            image: gen_image(&d("app-b"), 2, &[8 * MIB, 4 * MIB, 5 * MIB], &amd64),
-        },
-        BenchImage {
-            repo: "bench/multi",
-            image: gen_multiarch(&d("multi"), 5, &platforms, &[6 * MIB, 2 * MIB]),
-        },
-        BenchImage {
-            repo: "bench/legacy",
-            image: gen_image_v2s2(&d("legacy"), 2, &[8 * MIB, MIB], &amd64),
-        },
-    ]
-}
-
-/// Size of every distinct manifest and blob across `images`, by digest.
-fn unique_content(images: &[BenchImage]) -> BTreeMap<String, u64> {
-    let mut m = BTreeMap::new();
-    for b in images {
-        for d in b.image.manifests().into_iter().chain(b.image.blobs()) {
-            m.insert(d.digest, d.size);
-        }
-    }
-    m
-}
 
 /// Pulls every image (all platforms) from the registry at `addr` with skopeo into
 /// `dir:` copies, checks them byte for byte, and returns the upstream traffic it caused

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sha2::Digest as _;
 use support::faultproxy::{Fault, FaultProxy, Rule};
-use support::http::{get, raw_request};
+use support::http::get;
 use support::image::CONTAINERD_ACCEPT;
+use support::peers::{metrics, peer_ports, start_replicas, wait_live};
 use support::pull::{get_blob_verify, verify_digest_named_files};
 use support::*;
 
@@ -25,52 +26,27 @@ const MIB: usize = 1 << 20;
 const TAG: &str = "v1";
 const PEER_HEADER: &str = "imagecache-peer";
 
-/// Registry ports for `n` replicas and their `peers` list.
-fn peer_ports(n: usize) -> (Vec<u16>, Vec<String>) {
-    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-    let urls = ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}"))
-        .collect();
-    (ports, urls)
-}
-
-/// A replica on `port` with `peers`, `upstream` as `upstream.test`, quick probes.
-fn replica(upstream: &str, port: u16, peers: &[String], peering: Value) -> ImageCache {
+/// `peering` over quick probes (300 ms), so that a test sees peers go and come back fast.
+fn quick(peering: Value) -> Value {
     let mut p = json!({"probeInterval": "300ms", "connectTimeout": "300ms"});
     if let (Some(p), Some(extra)) = (p.as_object_mut(), peering.as_object()) {
         p.extend(extra.clone());
     }
-    ImageCache::builder()
-        .registry(UPSTREAM, upstream)
-        .set("log", json!({"level": "info", "format": "text"}))
-        .set("peers", json!(peers))
-        .set("peering", p)
-        .port(port)
-        .start()
+    p
 }
 
-fn metrics(cache: &ImageCache) -> String {
-    let r = raw_request(&cache.admin_addr(), "GET", "/metrics", &[]).expect("GET /metrics");
-    assert_eq!(r.status, 200, "GET /metrics");
-    r.text()
+/// A replica on `port` with `peers`, `upstream` as `upstream.test`, quick probes.
+fn replica(upstream: &str, port: u16, peers: &[String], peering: Value) -> ImageCache {
+    support::peers::replica(upstream, port, peers, quick(peering))
+}
+
+/// `n` replicas listing each other, quick probes, each seeing the others live.
+fn peered(upstream: &Distribution, n: usize, peering: Value) -> (Vec<u16>, Vec<ImageCache>) {
+    start_replicas(&upstream.url(), n, Some(quick(peering)))
 }
 
 fn metric(cache: &ImageCache, name: &str) -> f64 {
     metric_sum(&metrics(cache), name)
-}
-
-/// Waits until `cache` counts `live` other replicas as live.
-fn wait_live(cache: &ImageCache, live: usize) {
-    let seen = wait_for(Duration::from_secs(20), || {
-        (metric(cache, "imagecache_peers{state=\"live\"}") as usize == live).then_some(())
-    });
-    assert!(
-        seen.is_some(),
-        "{} does not see {live} live peers:\n{}",
-        cache.addr(),
-        metrics(cache)
-    );
 }
 
 /// The owner of `digest` among `ports` (the server's rendezvous weight: the first 8 bytes of
@@ -159,6 +135,31 @@ impl Images {
     }
 }
 
+/// Replica B, a proxy in front of it (for a test to make it corrupt what it relays), and replica
+/// A, which knows B only through the proxy and probes a peer it left out again only after a
+/// minute; once A sees B live: A, B, the proxy, and A's view of the ports (its own, the proxy's).
+fn behind_corrupting_proxy(
+    upstream: &Distribution,
+) -> (ImageCache, ImageCache, FaultProxy, [u16; 2]) {
+    let (ports, _) = peer_ports(2);
+    let corrupt = FaultProxy::start(&format!("http://127.0.0.1:{}", ports[1]));
+    let corrupt_port: u16 = corrupt.url().rsplit(':').next().unwrap().parse().unwrap();
+    let b = replica(
+        &upstream.url(),
+        ports[1],
+        &[format!("http://127.0.0.1:{}", ports[1])],
+        json!({}),
+    );
+    let a = replica(
+        &upstream.url(),
+        ports[0],
+        &[format!("http://127.0.0.1:{}", ports[0]), corrupt.url()],
+        json!({"probeInterval": "60s"}),
+    );
+    wait_live(&a, 1);
+    (a, b, corrupt, [ports[0], corrupt_port])
+}
+
 /// Waits for the upstream's access log to stop growing (requests still in flight are logged
 /// when they finish).
 fn upstream_settled(upstream: &Distribution) {
@@ -207,22 +208,8 @@ fn blobs_on_disk(cache: &ImageCache) -> Vec<String> {
 async fn cold_pulls_pinned_to_each_replica_fetch_everything_upstream_once() {
     let upstream = Distribution::start();
     let images = Images::push(&upstream, 8 * MIB);
-    let (ports, peers) = peer_ports(3);
     // Proxy only: the disk check below is of capacity (each blob once in the cluster).
-    let caches: Vec<ImageCache> = ports
-        .iter()
-        .map(|&p| {
-            replica(
-                &upstream.url(),
-                p,
-                &peers,
-                json!({"nonOwnerBlobs": "proxy"}),
-            )
-        })
-        .collect();
-    for c in &caches {
-        wait_live(c, 2);
-    }
+    let (ports, caches) = peered(&upstream, 3, json!({"nonOwnerBlobs": "proxy"}));
     upstream_settled(&upstream);
     let before = upstream.get_bytes();
 
@@ -360,15 +347,8 @@ async fn warm_rates(
 async fn a_blob_relayed_twice_is_kept_by_a_hot_non_owner() {
     let upstream = Distribution::start();
     let images = Images::push(&upstream, 8 * MIB);
-    let (ports, peers) = peer_ports(2);
     // The default `nonOwnerBlobs: hot`.
-    let caches: Vec<ImageCache> = ports
-        .iter()
-        .map(|&p| replica(&upstream.url(), p, &peers, json!({})))
-        .collect();
-    for c in &caches {
-        wait_live(c, 1);
-    }
+    let (ports, caches) = peered(&upstream, 2, json!({}));
     let (_, app) = &images.list[1];
     let big = app.blobs().into_iter().max_by_key(|d| d.size).unwrap();
     let own = owner(&ports, &big.digest);
@@ -419,14 +399,7 @@ async fn a_blob_relayed_twice_is_kept_by_a_hot_non_owner() {
 async fn a_herd_of_16_clients_over_three_replicas_fetches_each_blob_once() {
     let upstream = Distribution::start();
     let images = Images::push(&upstream, 4 * MIB);
-    let (ports, peers) = peer_ports(3);
-    let caches: Vec<ImageCache> = ports
-        .iter()
-        .map(|&p| replica(&upstream.url(), p, &peers, json!({})))
-        .collect();
-    for c in &caches {
-        wait_live(c, 2);
-    }
+    let (_, caches) = peered(&upstream, 3, json!({}));
     let pulls = (0..16).map(|i| {
         let base = caches[i % 3].url();
         let images = &images;
@@ -602,26 +575,8 @@ async fn a_replica_added_while_pulling_fails_no_pull() {
 async fn a_peer_serving_corrupt_bytes_never_reaches_a_client_and_the_upstream_serves() {
     let upstream = Distribution::start();
     let images = Images::push(&upstream, 2 * MIB);
-    // Replica B, and a proxy in front of it that corrupts every blob and manifest it relays.
-    let (ports, _) = peer_ports(2);
-    let corrupt = FaultProxy::start(&format!("http://127.0.0.1:{}", ports[1]));
-    let corrupt_port: u16 = corrupt.url().rsplit(':').next().unwrap().parse().unwrap();
-    let b = replica(
-        &upstream.url(),
-        ports[1],
-        &[format!("http://127.0.0.1:{}", ports[1])],
-        json!({}),
-    );
-    // Replica A knows B only through the corrupting proxy, and probes a peer it left out
-    // again only after a minute.
-    let a = replica(
-        &upstream.url(),
-        ports[0],
-        &[format!("http://127.0.0.1:{}", ports[0]), corrupt.url()],
-        json!({"probeInterval": "60s"}),
-    );
-    wait_live(&a, 1);
-    let view = [ports[0], corrupt_port];
+    // B behind a proxy that corrupts every blob and manifest it relays.
+    let (a, b, corrupt, view) = behind_corrupting_proxy(&upstream);
     let blob = images
         .blob_digests()
         .into_iter()
@@ -682,24 +637,8 @@ async fn a_peer_serving_corrupt_bytes_never_reaches_a_client_and_the_upstream_se
 async fn a_corrupt_manifest_from_a_peer_falls_back_to_the_upstream_in_the_same_request() {
     let upstream = Distribution::start();
     let images = Images::push(&upstream, MIB);
-    let (ports, _) = peer_ports(2);
-    let corrupt = FaultProxy::start(&format!("http://127.0.0.1:{}", ports[1]));
-    let corrupt_port: u16 = corrupt.url().rsplit(':').next().unwrap().parse().unwrap();
-    let _b = replica(
-        &upstream.url(),
-        ports[1],
-        &[format!("http://127.0.0.1:{}", ports[1])],
-        json!({}),
-    );
-    let a = replica(
-        &upstream.url(),
-        ports[0],
-        &[format!("http://127.0.0.1:{}", ports[0]), corrupt.url()],
-        json!({"probeInterval": "60s"}),
-    );
-    wait_live(&a, 1);
+    let (a, _b, corrupt, view) = behind_corrupting_proxy(&upstream);
     corrupt.inject(Rule::new("GET", "/manifests/", Fault::Corrupt, 1000));
-    let view = [ports[0], corrupt_port];
     // A manifest (by digest) the corrupting peer owns in A's view.
     let (name, image, manifest) = images
         .list
@@ -728,14 +667,7 @@ async fn a_corrupt_manifest_from_a_peer_falls_back_to_the_upstream_in_the_same_r
 async fn an_upstream_404_is_passed_on_by_the_owner_and_peer_requests_are_not_forwarded() {
     let upstream = Distribution::start();
     let images = Images::push(&upstream, MIB);
-    let (ports, peers) = peer_ports(3);
-    let caches: Vec<ImageCache> = ports
-        .iter()
-        .map(|&p| replica(&upstream.url(), p, &peers, json!({})))
-        .collect();
-    for c in &caches {
-        wait_live(c, 2);
-    }
+    let (ports, caches) = peered(&upstream, 3, json!({}));
     let c = client();
 
     // A blob and a manifest the upstream does not have, asked through a non-owner: the owner

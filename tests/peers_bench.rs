@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sha2::Digest as _;
+use support::bench_images::{BenchImage, generate_images, unique_content};
+use support::peers::start_replicas;
 use support::proc::{busy_before_start, busy_note, cores, cpu_model, imagecache_build};
 use support::skopeo::pull_to_dir;
 use support::*;
@@ -31,83 +33,6 @@ const REPLICAS: usize = 3;
 /// Seconds of warm pulls per round and rounds.
 const WARM_SECS: u64 = 3;
 const WARM_ROUNDS: usize = 3;
-
-struct BenchImage {
-    repo: &'static str,
-    image: Image,
-}
-
-/// The six images of `tests/bench.rs`: 109 MiB unique, 141 MiB summed over the images.
-fn generate_images(dir: &Path) -> Vec<BenchImage> {
-    let amd64 = Platform::linux_amd64();
-    let platforms = [
-        Platform::linux_amd64(),
-        Platform::new("linux", "arm64", Some("v8")),
-        Platform::new("linux", "arm", Some("v7")),
-    ];
-    let d = |n: &str| dir.join("images").join(n);
-    vec![
-        BenchImage {
-            repo: "bench/big",
-            image: gen_image(&d("big"), 1, &[64 * MIB], &amd64),
-        },
-        BenchImage {
-            repo: "bench/base",
-            image: gen_image(&d("base"), 2, &[8 * MIB, 4 * MIB], &amd64),
-        },
-        BenchImage {
-            repo: "bench/app-a",
-            image: gen_image(&d("app-a"), 2, &[8 * MIB, 4 * MIB, 3 * MIB], &amd64),
-        },
-        BenchImage {
-            repo: "bench/app-b",
-            image: gen_image(&d("app-b"), 2, &[8 * MIB, 4 * MIB, 5 * MIB], &amd64),
-        },
-        BenchImage {
-            repo: "bench/multi",
-            image: gen_multiarch(&d("multi"), 5, &platforms, &[6 * MIB, 2 * MIB]),
-        },
-        BenchImage {
-            repo: "bench/legacy",
-            image: gen_image_v2s2(&d("legacy"), 2, &[8 * MIB, MIB], &amd64),
-        },
-    ]
-}
-
-/// Three replicas; with `peering`, they list each other as `peers`.
-fn start_replicas(upstream: &Distribution, peering: Option<&str>) -> (Vec<u16>, Vec<ImageCache>) {
-    let ports: Vec<u16> = (0..REPLICAS).map(|_| free_port()).collect();
-    let peers: Vec<String> = ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}"))
-        .collect();
-    let caches: Vec<ImageCache> = ports
-        .iter()
-        .map(|&port| {
-            let mut b = ImageCache::builder()
-                .registry(UPSTREAM, &upstream.url())
-                .set("log", json!({"level": "info", "format": "text"}))
-                .port(port);
-            if let Some(mode) = peering {
-                b = b
-                    .set("peers", json!(peers))
-                    .set("peering", json!({"nonOwnerBlobs": mode}));
-            }
-            b.start()
-        })
-        .collect();
-    if peering.is_some() {
-        for c in &caches {
-            let live = wait_for(Duration::from_secs(20), || {
-                let r = raw_request(&c.admin_addr(), "GET", "/metrics", &[]).ok()?;
-                (metric_sum(&r.text(), "imagecache_peers{state=\"live\"}") as usize == REPLICAS - 1)
-                    .then_some(())
-            });
-            assert!(live.is_some(), "{} does not see its peers", c.addr());
-        }
-    }
-    (ports, caches)
-}
 
 /// Bytes of the files under a cache directory (content, records, tag indexes).
 fn disk_bytes(dir: &Path) -> u64 {
@@ -266,13 +191,7 @@ fn bench_cooperating_against_independent_replicas() {
         .tempdir()
         .unwrap();
     let images = generate_images(tmp.path());
-    let mut unique = std::collections::BTreeMap::new();
-    for b in &images {
-        for d in b.image.manifests().into_iter().chain(b.image.blobs()) {
-            unique.insert(d.digest, d.size);
-        }
-    }
-    let unique_bytes: u64 = unique.values().sum();
+    let unique_bytes: u64 = unique_content(&images).values().sum();
     let upstream = Distribution::start();
     for b in &images {
         upstream.push(&b.image.source_ref(), &format!("{}:{TAG}", b.repo));
@@ -290,7 +209,11 @@ fn bench_cooperating_against_independent_replicas() {
     let blob = big.image.children[0].layers[0].clone();
     let path = format!("/v2/{}/blobs/{}", big.repo, blob.digest);
     for (i, (name, peering)) in setups.iter().enumerate() {
-        let (ports, caches) = start_replicas(&upstream, *peering);
+        let (ports, caches) = start_replicas(
+            &upstream.url(),
+            REPLICAS,
+            peering.map(|mode| json!({"nonOwnerBlobs": mode})),
+        );
         let cold = cold_pull(
             &upstream,
             &caches,

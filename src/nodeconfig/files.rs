@@ -84,19 +84,16 @@ pub fn apply(
         reports.push(FileReport { outcome, path });
         wanted.push(file.path);
     }
-    for rel in candidates(dir, runtime)? {
-        if wanted.contains(&rel) {
-            continue;
-        }
-        let path = dir.join(&rel);
-        if read_existing(&path)?.is_some_and(|c| is_stale(&c, mirror)) {
-            remove(dir, &path, runtime)?;
-            reports.push(FileReport {
-                outcome: Outcome::Removed,
-                path,
-            });
-        }
-    }
+    let unwanted = candidates(dir, runtime)?
+        .into_iter()
+        .filter(|rel| !wanted.contains(rel));
+    reports.extend(remove_where(
+        dir,
+        runtime,
+        unwanted,
+        |c| is_stale(c, mirror),
+        false,
+    )?);
     Ok(reports)
 }
 
@@ -108,18 +105,8 @@ pub fn withdraw(
     registries: &[Registry],
     mirror: &Mirror,
 ) -> Result<Vec<FileReport>, NodeConfigError> {
-    let mut reports = Vec::new();
-    for registry in registries {
-        let path = dir.join(render::relative_path(runtime, registry));
-        if read_existing(&path)?.is_some_and(|c| is_stale(&c, mirror)) {
-            remove(dir, &path, runtime)?;
-            reports.push(FileReport {
-                outcome: Outcome::Removed,
-                path,
-            });
-        }
-    }
-    Ok(reports)
+    let rels = registries.iter().map(|r| render::relative_path(runtime, r));
+    remove_where(dir, runtime, rels, |c| is_stale(c, mirror), false)
 }
 
 /// Removes our files: those of `registries`, or every one in `dir` when none is named. A named
@@ -138,19 +125,32 @@ pub fn uninstall(
     } else {
         candidates(dir, runtime)?
     };
+    remove_where(dir, runtime, rels, is_ours, named)
+}
+
+/// Removes each existing file of `rels` (relative to `dir`) whose content passes `should_remove`,
+/// reporting it as removed; one that fails is left alone, and reported as skipped when
+/// `report_skipped`. Missing files are passed over.
+fn remove_where(
+    dir: &Path,
+    runtime: Runtime,
+    rels: impl IntoIterator<Item = PathBuf>,
+    should_remove: impl Fn(&[u8]) -> bool,
+    report_skipped: bool,
+) -> Result<Vec<FileReport>, NodeConfigError> {
     let mut reports = Vec::new();
     for rel in rels {
         let path = dir.join(rel);
         let Some(content) = read_existing(&path)? else {
             continue;
         };
-        if is_ours(&content) {
+        if should_remove(&content) {
             remove(dir, &path, runtime)?;
             reports.push(FileReport {
                 outcome: Outcome::Removed,
                 path,
             });
-        } else if named {
+        } else if report_skipped {
             reports.push(FileReport {
                 outcome: Outcome::SkippedNotOurs,
                 path,

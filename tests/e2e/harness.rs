@@ -1,16 +1,18 @@
-//! What every end-to-end test stands on: the cluster's client, kubectl, the manifests of
-//! `deploy/` installed once, namespaces that go away with the test, events, and waiting.
+//! What every end-to-end test stands on: the cluster's client, kubectl and helm, the manifests
+//! of `deploy/` installed once, namespaces that go away with the test, events, PrunePolicies,
+//! and waiting.
 
 use std::future::Future;
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use imagecache::crd::{PrunePolicy, PrunePolicyStatus};
 use k8s_openapi::api::core::v1::{Event, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Field manager of what the suite applies.
@@ -124,6 +126,26 @@ pub fn run_tool(program: &str, args: &[&str], stdin: Option<&str>) -> Output {
             .expect("write stdin");
     }
     child.wait_with_output().expect("wait for the command")
+}
+
+/// `helm ARGS` with its config, cache and data in `home`; must succeed; stdout.
+#[track_caller]
+pub fn helm(home: &Path, args: &[&str]) -> String {
+    let out = crate::support::tied_command("helm")
+        .args(args)
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run helm (scripts/cluster env puts it on PATH)");
+    assert!(
+        out.status.success(),
+        "helm {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Polls `f` every 500 ms until it yields `Some`, or fails naming `what` after `timeout`.
@@ -291,7 +313,6 @@ async fn sweep_stale_namespaces(client: &Client) {
 /// Drops the prune finalizer of the CachedImages in `ns`: the operator that would have run it
 /// died with its run (the README's way out for a finalizer without an operator).
 async fn release_cached_images(client: &Client, ns: &str) {
-    use kube::api::{Patch, PatchParams};
     let api: Api<imagecache::crd::CachedImage> = Api::namespaced(client.clone(), ns);
     let Ok(list) = api.list(&ListParams::default()).await else {
         return;
@@ -380,6 +401,34 @@ pub async fn wait_event(
         || async { (event_count(client, ns, kind, name, reason).await >= times).then_some(()) },
     )
     .await;
+}
+
+/// Creates the PrunePolicy `name` with `spec` in `api`'s namespace.
+pub async fn create_prune_policy(api: &Api<PrunePolicy>, name: &str, spec: Value) -> PrunePolicy {
+    let pp: PrunePolicy = serde_json::from_value(json!({
+        "apiVersion": "imagecache.io/v1alpha1", "kind": "PrunePolicy",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .expect("policy");
+    api.create(&PostParams::default(), &pp)
+        .await
+        .expect("create the policy")
+}
+
+/// A PrunePolicy's status; `None` while it has none (or the policy is not there).
+pub async fn policy_status(api: &Api<PrunePolicy>, name: &str) -> Option<PrunePolicyStatus> {
+    api.get(name).await.ok()?.status
+}
+
+/// Asks for a manual run: the `imagecache.io/run-now` annotation set to `value`.
+pub async fn run_now(api: &Api<PrunePolicy>, name: &str, value: &str) {
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"imagecache.io/run-now": value}}})),
+    )
+    .await
+    .expect("annotate run-now");
 }
 
 /// A directory for one test's files (logs, pulls) under `target/e2e`; kept, and named, when

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use imagecache::crd::PrunePolicy;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
 use crate::fixture::Fixture;
-use crate::harness::{LEASE, OPERATOR_NS, WAIT, eventually};
+use crate::harness::{LEASE, OPERATOR_NS, WAIT, create_prune_policy, eventually};
 use crate::operator::{self, Operator, Options};
 
 const CACHE: &str = "cache";
@@ -97,17 +97,13 @@ async fn one_leader_and_clean_handovers() {
 
     // SIGTERM while a prune is in flight (the registry Pod is stopped, so the prune waits).
     let policies: Api<PrunePolicy> = Api::namespaced(fx.client().clone(), &ns);
-    let pp: PrunePolicy = serde_json::from_value(json!({
-        "apiVersion": "imagecache.io/v1alpha1", "kind": "PrunePolicy",
-        "metadata": {"name": "handover"},
-        "spec": {"cacheRef": {"name": CACHE}, "schedule": "0 0 1 1 *", "suspend": true,
-            "request": {"unusedFor": "30d"}}
-    }))
-    .expect("policy");
-    policies
-        .create(&PostParams::default(), &pp)
-        .await
-        .expect("create the policy");
+    create_prune_policy(
+        &policies,
+        "handover",
+        json!({"cacheRef": {"name": CACHE}, "schedule": "0 0 1 1 *", "suspend": true,
+            "request": {"unusedFor": "30d"}}),
+    )
+    .await;
     let runs_before = pod_prune_runs(&fx).await;
     let registry_pid = fx.kubelet.pid("cache-0").expect("registry running");
     signal(registry_pid, "STOP");

@@ -6,36 +6,16 @@
 //! It removes and reinstalls the CRDs, so it has the cluster to itself.
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams};
 
-use crate::harness::{self, WAIT, eventually, kubectl, kubectl_output, path_str};
+use crate::harness::{self, WAIT, eventually, helm, kubectl, kubectl_output, path_str};
 
 /// Namespaced and cluster-scoped kinds the chart and `deploy/` create.
 const KINDS: &str = "deployments,replicasets,pods,serviceaccounts,roles,rolebindings,services,\
 configmaps,secrets,clusterroles,clusterrolebindings";
-
-/// `helm ARGS` with its config, cache and data in `home`; must succeed; stdout.
-#[track_caller]
-fn helm(home: &std::path::Path, args: &[&str]) -> String {
-    let out = crate::support::tied_command("helm")
-        .args(args)
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run helm (scripts/cluster env puts it on PATH)");
-    assert!(
-        out.status.success(),
-        "helm {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Every object carrying `selector`, in all namespaces and cluster-wide, as `kind/name`.
 fn objects(selector: &str) -> BTreeSet<String> {

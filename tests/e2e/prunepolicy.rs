@@ -7,11 +7,14 @@ use std::time::Duration;
 
 use imagecache::crd::{PrunePolicy, PrunePolicyStatus};
 use jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 
 use crate::fixture::{Fixture, UPSTREAM};
-use crate::harness::{WAIT, event_count, eventually, kubectl, rows, wait_event};
+use crate::harness::{
+    WAIT, create_prune_policy, event_count, eventually, kubectl, policy_status, rows, run_now,
+    wait_event,
+};
 
 const CACHE: &str = "cache";
 /// One image per workload kind that protects images, and two nothing uses.
@@ -51,10 +54,6 @@ fn workloads() -> Vec<Value> {
     ]
 }
 
-async fn status_of(api: &Api<PrunePolicy>, name: &str) -> Option<PrunePolicyStatus> {
-    api.get(name).await.ok()?.status
-}
-
 /// Waits until the policy records a completed run that started after `after`.
 async fn run_after(
     api: &Api<PrunePolicy>,
@@ -63,23 +62,13 @@ async fn run_after(
     timeout: Duration,
 ) -> PrunePolicyStatus {
     eventually(&format!("a run of {name}"), timeout, || async {
-        let s = status_of(api, name).await?;
+        let s = policy_status(api, name).await?;
         let run = s.last_run.as_ref()?;
         run.completion_time.as_ref()?;
         let started = run.start_time.as_ref()?.0;
         after.is_none_or(|a| started > a).then_some(s)
     })
     .await
-}
-
-async fn run_now(api: &Api<PrunePolicy>, name: &str, value: &str) {
-    api.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {"imagecache.io/run-now": value}}})),
-    )
-    .await
-    .expect("annotate run-now");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -110,17 +99,13 @@ async fn prune_policy_runs_and_protects_every_workload() {
 
     // A schedule every minute: the first run comes at a minute boundary.
     let policies: Api<PrunePolicy> = Api::namespaced(client.clone(), &ns);
-    let pp: PrunePolicy = serde_json::from_value(json!({
-        "apiVersion": "imagecache.io/v1alpha1", "kind": "PrunePolicy",
-        "metadata": {"name": "every-minute"},
-        "spec": {"cacheRef": {"name": CACHE}, "schedule": "* * * * *",
-            "request": {"patterns": ["e2e/"], "minAge": "0", "count": -1, "maxDeletionRatio": 1.0}}
-    }))
-    .expect("policy");
-    policies
-        .create(&PostParams::default(), &pp)
-        .await
-        .expect("create the policy");
+    create_prune_policy(
+        &policies,
+        "every-minute",
+        json!({"cacheRef": {"name": CACHE}, "schedule": "* * * * *",
+            "request": {"patterns": ["e2e/"], "minAge": "0", "count": -1, "maxDeletionRatio": 1.0}}),
+    )
+    .await;
     let status = run_after(&policies, "every-minute", None, Duration::from_secs(150)).await;
     let run = status.last_run.clone().expect("last run");
     assert_eq!(run.result.as_deref(), Some("Succeeded"), "{run:?}");
@@ -191,7 +176,7 @@ async fn prune_policy_runs_and_protects_every_workload() {
         .expect("suspend");
     let suspended_at = Timestamp::now();
     eventually("the suspension in the status", WAIT, || async {
-        let s = status_of(&policies, "every-minute").await?;
+        let s = policy_status(&policies, "every-minute").await?;
         let ready = s.conditions.iter().find(|c| c.type_ == "Ready")?;
         (ready.reason == "Suspended" && s.next_schedule_time.is_none()).then_some(())
     })
@@ -201,7 +186,9 @@ async fn prune_policy_runs_and_protects_every_workload() {
     // Past the next minute boundary: nothing ran.
     let wait = 65 - (Timestamp::now().as_second() % 60) as u64;
     tokio::time::sleep(Duration::from_secs(wait)).await;
-    let s = status_of(&policies, "every-minute").await.expect("status");
+    let s = policy_status(&policies, "every-minute")
+        .await
+        .expect("status");
     assert_eq!(
         s.last_schedule_time.as_ref().map(|t| t.0),
         Some(started),
@@ -267,19 +254,15 @@ async fn prune_policy_runs_and_protects_every_workload() {
     );
 
     // A time zone: the next run is 03:00 in Paris.
-    let paris: PrunePolicy = serde_json::from_value(json!({
-        "apiVersion": "imagecache.io/v1alpha1", "kind": "PrunePolicy",
-        "metadata": {"name": "paris"},
-        "spec": {"cacheRef": {"name": CACHE}, "schedule": "0 3 * * *", "timeZone": "Europe/Paris",
-            "request": {"unusedFor": "30d"}}
-    }))
-    .expect("policy");
-    policies
-        .create(&PostParams::default(), &paris)
-        .await
-        .expect("create");
+    create_prune_policy(
+        &policies,
+        "paris",
+        json!({"cacheRef": {"name": CACHE}, "schedule": "0 3 * * *", "timeZone": "Europe/Paris",
+            "request": {"unusedFor": "30d"}}),
+    )
+    .await;
     let next = eventually("the next run of paris", WAIT, || async {
-        status_of(&policies, "paris")
+        policy_status(&policies, "paris")
             .await?
             .next_schedule_time
             .map(|t| t.0)

@@ -7,19 +7,20 @@
 //! back to the upstream within seconds; `helm uninstall` takes it all away.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use imagecache::crd::{CachedImage, ImageCache, PrunePolicy, PrunePolicyStatus};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::harness::{self, TestNs, eventually, kubectl, kubectl_output, path_str};
+use crate::harness::{
+    self, TestNs, create_prune_policy, eventually, helm, kubectl, kubectl_output, path_str,
+    policy_status, run_now,
+};
 use crate::images;
 use crate::node::{Node, ok};
 use crate::support::Distribution;
@@ -36,26 +37,6 @@ const CA_SECRET: &str = "upstream-ca";
 const FALLBACK_NS: &str = "e2e-fallback";
 /// Pulls timed each way (with and without the mirror in front of the upstream).
 const TIMING_ROUNDS: usize = 3;
-
-/// `helm ARGS` with its config, cache and data in `home`; must succeed; stdout.
-#[track_caller]
-fn helm(home: &Path, args: &[&str]) -> String {
-    let out = crate::support::tied_command("helm")
-        .args(args)
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run helm (scripts/cluster env puts it on PATH)");
-    assert!(
-        out.status.success(),
-        "helm {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Everything the phases share.
 struct World {
@@ -246,20 +227,6 @@ fn layer_of(image: &Built) -> String {
     .expect("manifest");
     let v: Value = serde_json::from_slice(&manifest).expect("manifest JSON");
     v["layers"][0]["digest"].as_str().expect("layer").to_owned()
-}
-
-async fn policy_status(api: &Api<PrunePolicy>, name: &str) -> Option<PrunePolicyStatus> {
-    api.get(name).await.ok()?.status
-}
-
-async fn run_now(api: &Api<PrunePolicy>, name: &str, value: &str) {
-    api.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {"imagecache.io/run-now": value}}})),
-    )
-    .await
-    .expect("annotate run-now");
 }
 
 /// Waits for the manual run answering `value` to complete.
@@ -670,18 +637,14 @@ async fn helm_install_gives_a_mirror_the_node_pulls_through() {
     // --- a PrunePolicy never prunes a running workload's image --------------------------------
     w.run_pod("app-again", &app_image, false).await;
     let policies: Api<PrunePolicy> = Api::namespaced(client.clone(), &w.ns);
-    let pp: PrunePolicy = serde_json::from_value(json!({
-        "apiVersion": "imagecache.io/v1alpha1", "kind": "PrunePolicy",
-        "metadata": {"name": "app"},
-        "spec": {"cacheRef": {"name": mirror}, "schedule": "0 0 1 1 *",
+    create_prune_policy(
+        &policies,
+        "app",
+        json!({"cacheRef": {"name": mirror}, "schedule": "0 0 1 1 *",
             "request": {"patterns": ["/e2e/app:"], "minAge": "0", "count": -1,
-                "maxDeletionRatio": 1.0}}
-    }))
-    .expect("policy");
-    policies
-        .create(&PostParams::default(), &pp)
-        .await
-        .expect("create the policy");
+                "maxDeletionRatio": 1.0}}),
+    )
+    .await;
     let s = manual_run(&policies, "app", "while-running").await;
     let run = s.last_run.expect("run");
     assert_eq!(run.result.as_deref(), Some("Succeeded"), "{run:?}");
@@ -718,17 +681,13 @@ async fn helm_install_gives_a_mirror_the_node_pulls_through() {
     );
 
     // --- the operator killed: it comes back, leads, and no prune runs twice -------------------
-    let pp: PrunePolicy = serde_json::from_value(json!({
-        "apiVersion": "imagecache.io/v1alpha1", "kind": "PrunePolicy",
-        "metadata": {"name": "every-minute"},
-        "spec": {"cacheRef": {"name": mirror}, "schedule": "* * * * *",
-            "request": {"patterns": ["^nothing-matches$"], "minAge": "0"}}
-    }))
-    .expect("policy");
-    policies
-        .create(&PostParams::default(), &pp)
-        .await
-        .expect("create the policy");
+    create_prune_policy(
+        &policies,
+        "every-minute",
+        json!({"cacheRef": {"name": mirror}, "schedule": "* * * * *",
+            "request": {"patterns": ["^nothing-matches$"], "minAge": "0"}}),
+    )
+    .await;
     let first = eventually("the first scheduled run", WAIT, || async {
         let s = policy_status(&policies, "every-minute").await?;
         s.last_run.as_ref()?.completion_time.as_ref()?;

@@ -2,12 +2,14 @@
 //! (CNCF Distribution), generated images, skopeo, and the imagecache server.
 #![allow(dead_code, unused_imports)]
 
+pub mod bench_images;
 pub mod distribution;
 pub mod fake;
 pub mod faultproxy;
 pub mod http;
 pub mod image;
 pub mod oci;
+pub mod peers;
 pub mod proc;
 pub mod pull;
 pub mod server;
