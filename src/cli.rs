@@ -79,6 +79,28 @@ pub struct OperatorArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t)]
     pub log_format: crate::config::LogFormat,
+    #[command(subcommand)]
+    pub command: Option<OperatorCommand>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OperatorCommand {
+    /// Delete ImageCaches while the operator still runs and wait until they are gone (their
+    /// CachedImages released): the chart's pre-delete hook, so an uninstall leaves nothing.
+    Teardown(TeardownArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TeardownArgs {
+    /// Namespace of the caches.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: String,
+    /// How long to wait for them to go.
+    #[arg(long, default_value = "2m", value_parser = crate::duration::parse)]
+    pub timeout: std::time::Duration,
+    /// The ImageCaches to delete.
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -622,6 +644,20 @@ pub fn run() -> Result<(), CliError> {
                 level: args.log_level.clone(),
                 format: args.log_format,
             });
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(CliError::Runtime)?;
+            if let Some(OperatorCommand::Teardown(t)) = args.command {
+                runtime.block_on(async {
+                    let client = kube::Client::try_default()
+                        .await
+                        .map_err(crate::operator::OperatorError::from)?;
+                    crate::operator::teardown::teardown(client, &t.namespace, &t.names, t.timeout)
+                        .await
+                })?;
+                return Ok(());
+            }
             let options = crate::operator::run::Options {
                 namespace: args.namespace,
                 listen: args.listen,
@@ -633,10 +669,6 @@ pub fn run() -> Result<(), CliError> {
                     min_update_interval: args.min_update_interval,
                 },
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(CliError::Runtime)?;
             runtime.block_on(crate::operator::run::run(
                 options,
                 tokio_util::sync::CancellationToken::new(),

@@ -32,28 +32,21 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs `scripts/render-chart ARGS`; `None` (after printing why) when python3 or helm_python
-/// is missing.
-fn driver(args: &[&str]) -> Option<Output> {
-    let out = match Command::new("python3")
+/// Runs `scripts/render-chart ARGS`. Fails when python3 or its helm_python is missing (scripts/test
+/// installs both): an unrendered chart is not a checked one.
+fn driver(args: &[&str]) -> Output {
+    let out = Command::new("python3")
         .arg(root().join("scripts/render-chart"))
         .args(args)
         .output()
-    {
-        Ok(out) => out,
-        Err(e) => {
-            eprintln!("skipped: cannot run python3 ({e}); scripts/test installs it");
-            return None;
-        }
-    };
-    if out.status.code() == Some(3) {
-        eprintln!(
-            "skipped: {}; scripts/test installs it",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        return None;
-    }
-    Some(out)
+        .unwrap_or_else(|e| panic!("cannot run python3 ({e}); scripts/test installs it"));
+    assert_ne!(
+        out.status.code(),
+        Some(3),
+        "{}; scripts/test installs it",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    out
 }
 
 fn set_args(sets: &[&str]) -> Vec<String> {
@@ -62,33 +55,46 @@ fn set_args(sets: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// The rendered objects for `--set` expressions (must succeed).
-fn render(sets: &[&str]) -> Option<Vec<Value>> {
+/// The rendered release objects for `--set` expressions (must succeed); hooks are left out.
+fn render(sets: &[&str]) -> Vec<Value> {
+    render_all(sets)
+        .into_iter()
+        .filter(|o| !is_hook(o))
+        .collect()
+}
+
+/// Whether Helm runs the object as a hook rather than installing it with the release.
+fn is_hook(obj: &Value) -> bool {
+    obj["metadata"]["annotations"].get("helm.sh/hook").is_some()
+}
+
+/// Every rendered object, hooks included.
+fn render_all(sets: &[&str]) -> Vec<Value> {
     let mut args = vec!["render".to_owned(), "--json".to_owned()];
     args.extend(set_args(sets));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = driver(&args)?;
+    let out = driver(&args);
     assert!(
         out.status.success(),
         "render {sets:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let docs: Vec<Value> = serde_json::from_slice(&out.stdout).expect("driver prints JSON");
-    Some(docs.into_iter().map(|d| d["object"].clone()).collect())
+    docs.into_iter().map(|d| d["object"].clone()).collect()
 }
 
 /// The refusal message for values that must not render.
-fn refused(sets: &[&str]) -> Option<String> {
+fn refused(sets: &[&str]) -> String {
     let mut args = vec!["render".to_owned(), "--json".to_owned()];
     args.extend(set_args(sets));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = driver(&args)?;
+    let out = driver(&args);
     assert!(
         !out.status.success(),
         "{sets:?} rendered but the schema should refuse it"
     );
     assert!(out.stdout.is_empty(), "a refused render printed objects");
-    Some(String::from_utf8_lossy(&out.stderr).into_owned())
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn kinds(objs: &[Value]) -> Vec<String> {
@@ -141,23 +147,23 @@ fn chart_version() -> String {
         .expect("Chart.yaml has a version")
 }
 
-fn lint(sets: &[&str]) -> Option<Value> {
+fn lint(sets: &[&str]) -> Value {
     let mut args = vec!["lint".to_owned()];
     args.extend(set_args(sets));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = driver(&args)?;
+    let out = driver(&args);
     assert!(
         out.status.success(),
         "helm lint (strict) {sets:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(serde_json::from_slice(&out.stdout).expect("lint report is JSON"))
+    serde_json::from_slice(&out.stdout).expect("lint report is JSON")
 }
 
 #[test]
 fn strict_lint_passes_for_default_and_custom_values() {
     for sets in [&[][..], CUSTOM] {
-        let Some(report) = lint(sets) else { return };
+        let report = lint(sets);
         assert_eq!(report["total_charts_linted"], 1);
         let findings: Vec<&Value> = report["messages"]
             .as_array()
@@ -168,14 +174,14 @@ fn strict_lint_passes_for_default_and_custom_values() {
         assert!(findings.is_empty(), "lint warnings/errors: {findings:?}");
     }
     // Lint runs the schema too: a typo is an error finding, not a pass.
-    let out = driver(&["lint", "--set", "operator.replica=2"]).unwrap();
+    let out = driver(&["lint", "--set", "operator.replica=2"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("'replica' not allowed"));
 }
 
 #[test]
 fn default_values_render_the_operator_and_a_working_mirror() {
-    let Some(objs) = render(&[]) else { return };
+    let objs = render(&[]);
     assert_eq!(
         kinds(&objs),
         [
@@ -316,7 +322,7 @@ fn assert_subset(rendered: &Value, typed: &Value, at: &str) {
 
 #[test]
 fn custom_values_render_two_elected_replicas_a_service_monitor_and_no_mirror() {
-    let Some(objs) = render(CUSTOM) else { return };
+    let objs = render(CUSTOM);
     assert!(all(&objs, "ImageCache").is_empty(), "mirror.enabled=false");
     let deploy = one(&objs, "Deployment");
     assert_eq!(deploy["spec"]["replicas"], 2);
@@ -348,12 +354,10 @@ fn custom_values_render_two_elected_replicas_a_service_monitor_and_no_mirror() {
 
 #[test]
 fn without_leader_election_or_with_a_watch_namespace_the_rights_shrink() {
-    let Some(objs) = render(&[
+    let objs = render(&[
         "operator.leaderElection.enabled=false",
         "operator.watchNamespace=team-a",
-    ]) else {
-        return;
-    };
+    ]);
     let args = strings(&container(one(&objs, "Deployment"))["args"]);
     assert!(args.contains(&"--leader-elect=false".to_owned()));
     assert!(args.contains(&"--namespace=team-a".to_owned()));
@@ -399,7 +403,7 @@ fn bad_values_are_refused_by_the_schema() {
         (&["surprise=1"], &["'surprise' not allowed"]),
     ];
     for (sets, wants) in cases {
-        let Some(message) = refused(sets) else { return };
+        let message = refused(sets);
         for want in *wants {
             assert!(
                 message.contains(want),
@@ -435,7 +439,7 @@ fn expect(out: &mut BTreeSet<Grant>, group: &str, resources: &[&str], verbs: &[&
 
 #[test]
 fn cluster_roles_grant_exactly_what_the_operator_uses() {
-    let Some(objs) = render(&[]) else { return };
+    let objs = render(&[]);
     // The verbs the code calls (tests/e2e/rbac.rs checks the same on a real apiserver).
     let ro = ["get", "list", "watch"];
     let applied = ["list", "watch", "create", "patch"];
@@ -553,10 +557,90 @@ fn cluster_roles_grant_exactly_what_the_operator_uses() {
 }
 
 #[test]
+fn uninstall_deletes_the_mirror_first_with_a_hook_of_least_rights() {
+    let objs = render_all(&[]);
+    let hooks: Vec<Value> = objs.iter().filter(|o| is_hook(o)).cloned().collect();
+    assert_eq!(
+        kinds(&hooks),
+        ["Job", "Role", "RoleBinding", "ServiceAccount"]
+    );
+    for h in &hooks {
+        let a = &h["metadata"]["annotations"];
+        assert_eq!(a["helm.sh/hook"], "pre-delete", "{h}");
+        assert_eq!(
+            a["helm.sh/hook-delete-policy"], "before-hook-creation,hook-succeeded",
+            "{h}"
+        );
+        assert_eq!(h["metadata"]["namespace"], NAMESPACE);
+        assert_eq!(h["metadata"]["name"], "imagecache-operator-teardown");
+    }
+    // The Job runs after its ServiceAccount and rights exist.
+    let weight = |kind: &str| {
+        let h = hooks.iter().find(|h| h["kind"] == kind).unwrap();
+        h["metadata"]["annotations"]["helm.sh/hook-weight"]
+            .as_str()
+            .unwrap()
+            .parse::<i32>()
+            .unwrap()
+    };
+    assert!(weight("ServiceAccount") < weight("Job") && weight("RoleBinding") < weight("Job"));
+    let job = hooks.iter().find(|h| h["kind"] == "Job").unwrap();
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "imagecache-operator-teardown");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let c = &pod["containers"][0];
+    assert_eq!(
+        strings(&c["args"]),
+        [
+            "operator",
+            "teardown",
+            "--namespace=imagecache-system",
+            "--timeout=2m",
+            "imagecache-mirror"
+        ]
+    );
+    assert_eq!(c["image"], container(one(&objs, "Deployment"))["image"]);
+    // Exactly what `operator teardown` calls: get and delete of the one mirror by name, and the
+    // list of CachedImages it names when the mirror does not go.
+    let role = hooks.iter().find(|h| h["kind"] == "Role").unwrap();
+    let mut rules = BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for (g, r, v) in grants(&Value::Array(vec![rule.clone()])) {
+            rules.insert((g, r, v, strings(&rule["resourceNames"])));
+        }
+    }
+    let mirror = vec!["imagecache-mirror".to_owned()];
+    let want: BTreeSet<_> = [
+        ("imagecache.io", "imagecaches", "get", mirror.clone()),
+        ("imagecache.io", "imagecaches", "delete", mirror),
+        ("imagecache.io", "cachedimages", "list", vec![]),
+    ]
+    .into_iter()
+    .map(|(g, r, v, n)| (g.to_owned(), r.to_owned(), v.to_owned(), n))
+    .collect();
+    assert_eq!(rules, want);
+    let binding = hooks.iter().find(|h| h["kind"] == "RoleBinding").unwrap();
+    assert_eq!(
+        binding["subjects"][0]["name"],
+        "imagecache-operator-teardown"
+    );
+    assert_eq!(binding["roleRef"]["name"], "imagecache-operator-teardown");
+
+    // No mirror, or the hook turned off: no hook.
+    for sets in [
+        &["mirror.enabled=false"][..],
+        &["mirror.teardownHook=false"],
+    ] {
+        let objs = render_all(sets);
+        assert!(!objs.iter().any(is_hook), "{sets:?}");
+    }
+}
+
+#[test]
 fn every_object_carries_the_recommended_labels() {
     let chart = format!("imagecache-{}", chart_version());
     for (sets, version) in [(&[][..], env!("CARGO_PKG_VERSION")), (CUSTOM, "v9.9.9")] {
-        let Some(objs) = render(sets) else { return };
+        let objs = render_all(sets);
         let want = BTreeMap::from([
             ("app.kubernetes.io/name", "imagecache"),
             ("app.kubernetes.io/instance", RELEASE),
@@ -617,9 +701,7 @@ fn chart_crds_are_byte_identical_to_crds() {
 #[test]
 fn deploy_manifests_are_what_the_chart_renders() {
     const REGENERATE: &str = "regenerate with `scripts/render-chart deploy --write`";
-    let Some(out) = driver(&["deploy", "--json"]) else {
-        return;
-    };
+    let out = driver(&["deploy", "--json"]);
     assert!(
         out.status.success(),
         "{}",

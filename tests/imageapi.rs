@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use support::http::{client, get, send_body};
 use support::image::CONTAINERD_ACCEPT;
 use support::{
-    Distribution, Image, ImageCache, Platform, Repo, gen_image, gen_multiarch, pull_verify,
+    Distribution, Image, ImageCache, Platform, Repo, gen_image, gen_multiarch, ok, pull_verify,
 };
 
 const GV: &str = "/apis/image.openshift.io/v1";
@@ -50,18 +50,6 @@ fn kubectl_command(home: &Path, server: &str, token: Option<&str>, args: &[&str]
     }
     cmd.args(args).stdin(Stdio::null());
     cmd
-}
-
-#[track_caller]
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "kubectl failed ({}): stdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn repo(cache: &ImageCache, path: &str) -> Repo {
@@ -161,7 +149,7 @@ async fn kubectl_lists_watches_selects_and_deletes() {
     let multi = images.multi.digest().to_string();
 
     // The table: our columns, one row per cached manifest (nginx, the index, its 2 children).
-    let table = ok(&k(&["get", "images"]));
+    let table = ok("kubectl", &k(&["get", "images"]));
     println!("$ kubectl get images\n{table}");
     let mut rows = table.lines();
     assert_eq!(
@@ -179,7 +167,7 @@ async fn kubectl_lists_watches_selects_and_deletes() {
     assert_eq!(index_row[2], "1");
 
     // Single objects, wide YAML and JSON.
-    let yaml = ok(&k(&["get", "image", &nginx, "-o", "yaml"]));
+    let yaml = ok("kubectl", &k(&["get", "image", &nginx, "-o", "yaml"]));
     println!("$ kubectl get image {nginx} -o yaml\n{yaml}");
     for want in [
         "apiVersion: image.openshift.io/v1",
@@ -193,7 +181,8 @@ async fn kubectl_lists_watches_selects_and_deletes() {
     ] {
         assert!(yaml.contains(want), "missing {want:?}");
     }
-    let list: Value = serde_json::from_str(&ok(&k(&["get", "images", "-o", "json"]))).unwrap();
+    let list: Value =
+        serde_json::from_str(&ok("kubectl", &k(&["get", "images", "-o", "json"]))).unwrap();
     let index: &Value = list["items"]
         .as_array()
         .unwrap()
@@ -212,7 +201,10 @@ async fn kubectl_lists_watches_selects_and_deletes() {
 
     // Label selectors.
     let names = |selector: &str| -> Vec<String> {
-        let out = ok(&k(&["get", "images", "-l", selector, "-o", "name"]));
+        let out = ok(
+            "kubectl",
+            &k(&["get", "images", "-l", selector, "-o", "name"]),
+        );
         out.lines().map(str::to_owned).collect()
     };
     assert_eq!(
@@ -286,7 +278,7 @@ async fn kubectl_lists_watches_selects_and_deletes() {
     let _ = watch.wait();
 
     // Delete prunes the image: its record and its layers leave the disk.
-    let deleted = ok(&k(&["delete", "image", &nginx]));
+    let deleted = ok("kubectl", &k(&["delete", "image", &nginx]));
     assert_eq!(
         deleted.trim(),
         format!("image.image.openshift.io \"{nginx}\" deleted")
@@ -311,13 +303,16 @@ async fn kubectl_lists_watches_selects_and_deletes() {
         );
     }
     // deletecollection by label takes the index and its children.
-    ok(&k(&[
-        "delete",
-        "images",
-        "-l",
-        "imagecache.io/repository=team.multi",
-    ]));
-    let left = ok(&k(&["get", "images", "-o", "name"]));
+    ok(
+        "kubectl",
+        &k(&[
+            "delete",
+            "images",
+            "-l",
+            "imagecache.io/repository=team.multi",
+        ]),
+    );
+    let left = ok("kubectl", &k(&["get", "images", "-o", "name"]));
     assert!(left.trim().is_empty(), "{left}");
 }
 
@@ -453,7 +448,7 @@ async fn the_token_is_required_off_loopback() {
     assert!(!wrong.status.success());
     let err = String::from_utf8_lossy(&wrong.stderr);
     assert!(err.contains("must be logged in"), "{err}");
-    let listed = ok(&tls(token));
+    let listed = ok("kubectl", &tls(token));
     assert_eq!(listed.trim(), format!("image.image.openshift.io/{nginx}"));
     println!(
         "$ kubectl --server {https} --insecure-skip-tls-verify --token T get images -o name\n{listed}"

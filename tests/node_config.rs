@@ -31,16 +31,6 @@ fn stdout_lines(out: &Output) -> Vec<String> {
         .collect()
 }
 
-fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "node-config failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn toml_file(path: &Path) -> toml::Table {
     let text = std::fs::read_to_string(path).unwrap();
     assert!(text.starts_with(&format!("{MARKER}\n")), "{text}");
@@ -211,7 +201,7 @@ fn containerd_pulls_through_the_mirror_with_only_the_written_hosts_dir() {
         "--hosts-dir",
         hosts.to_str().unwrap(),
     ]);
-    assert_ok(&out);
+    ok("node-config", &out);
     assert_eq!(
         stdout_lines(&out),
         [
@@ -284,7 +274,7 @@ fn runs_are_idempotent_and_only_marked_files_are_touched() {
         hosts.to_str().unwrap(),
     ];
     let out = node_config(&args);
-    assert_ok(&out);
+    ok("node-config", &out);
     assert_eq!(
         stdout_lines(&out),
         [
@@ -319,7 +309,7 @@ fn runs_are_idempotent_and_only_marked_files_are_touched() {
         inode("registry.local:5000/hosts.toml"),
     );
     let again = node_config(&args);
-    assert_ok(&again);
+    ok("node-config", &again);
     assert_eq!(
         stdout_lines(&again),
         [
@@ -338,7 +328,7 @@ fn runs_are_idempotent_and_only_marked_files_are_touched() {
     );
 
     let out = node_config(&["--uninstall", "--hosts-dir", hosts.to_str().unwrap()]);
-    assert_ok(&out);
+    ok("node-config", &out);
     assert_eq!(
         stdout_lines(&out),
         [
@@ -354,7 +344,7 @@ fn runs_are_idempotent_and_only_marked_files_are_touched() {
     );
     // Nothing of ours is left: uninstalling again says nothing and succeeds.
     let out = node_config(&["--uninstall", "--hosts-dir", hosts.to_str().unwrap()]);
-    assert_ok(&out);
+    ok("node-config", &out);
     assert!(stdout_lines(&out).is_empty());
     assert_eq!(files_under(&hosts), [hosts.join("quay.io/hosts.toml")]);
 }
@@ -375,7 +365,7 @@ fn crio_drop_ins_parse_as_registries_conf() {
         "--hosts-dir",
         dir.to_str().unwrap(),
     ]);
-    assert_ok(&out);
+    ok("node-config", &out);
     assert_eq!(
         stdout_lines(&out),
         [
@@ -418,7 +408,7 @@ fn crio_drop_ins_parse_as_registries_conf() {
         "--hosts-dir",
         dir.to_str().unwrap(),
     ]);
-    assert_ok(&out);
+    ok("node-config", &out);
     let conf = toml_file(&dir.join("imagecache-quay.io.conf"));
     let m = &conf["registry"][0]["mirror"][0];
     assert_eq!(m["location"].as_str(), Some("cache.example:8443/quay.io"));
@@ -431,7 +421,7 @@ fn crio_drop_ins_parse_as_registries_conf() {
         "--hosts-dir",
         dir.to_str().unwrap(),
     ]);
-    assert_ok(&out);
+    ok("node-config", &out);
     assert_eq!(stdout_lines(&out).len(), 3);
     assert!(files_under(&dir).is_empty());
 }

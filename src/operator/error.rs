@@ -27,6 +27,9 @@ pub enum OperatorError {
     Startup(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("lost the leader lease; exiting so a fresh process rejoins the election")]
     LostLeadership,
+    /// `operator teardown`: what it deleted did not go in time.
+    #[error("{0}")]
+    Stuck(String),
 }
 
 impl OperatorError {
@@ -41,6 +44,7 @@ impl OperatorError {
             OperatorError::Finalizer(_) => "finalizer",
             OperatorError::Startup(_) => "startup",
             OperatorError::LostLeadership => "lost_leadership",
+            OperatorError::Stuck(_) => "stuck",
         }
     }
 
@@ -55,6 +59,7 @@ impl OperatorError {
             OperatorError::Finalizer(_) => "FinalizerFailed",
             OperatorError::Startup(_) => "StartupFailed",
             OperatorError::LostLeadership => "LostLeadership",
+            OperatorError::Stuck(_) => "Stuck",
         }
     }
 }

@@ -11,7 +11,8 @@
 //! - [`cachedimage`]: the CachedImage sync from the registry pods' Image API, and the finalizer
 //!   that prunes a deleted CachedImage's image from the cache.
 //! - [`leader`]: leader election on a Lease; [`run`]: `imagecache operator` (health, metrics,
-//!   election, the three controllers, graceful shutdown).
+//!   election, the three controllers, graceful shutdown); [`teardown`]: `imagecache operator
+//!   teardown`, the chart's pre-delete hook (caches deleted while the operator still runs).
 //! - [`context`], [`error`], [`metrics`]: what the reconcilers share; [`report`]: how they
 //!   write a status and publish an Event.
 //!
@@ -32,6 +33,7 @@ pub mod pods;
 pub mod prunepolicy;
 pub mod report;
 pub mod run;
+pub mod teardown;
 
 #[cfg(test)]
 pub(crate) mod mock;

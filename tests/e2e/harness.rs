@@ -88,14 +88,10 @@ pub fn root() -> &'static Path {
 /// `kubectl ARGS`, which must succeed; its stdout.
 #[track_caller]
 pub fn kubectl(args: &[&str]) -> String {
-    let out = kubectl_output(args, None);
-    assert!(
-        out.status.success(),
-        "kubectl {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    crate::support::ok(
+        &format!("kubectl {}", args.join(" ")),
+        &kubectl_output(args, None),
+    )
 }
 
 /// `kubectl ARGS` with `stdin`, whatever its outcome.
@@ -139,13 +135,7 @@ pub fn helm(home: &Path, args: &[&str]) -> String {
         .stdin(Stdio::null())
         .output()
         .expect("run helm (scripts/cluster env puts it on PATH)");
-    assert!(
-        out.status.success(),
-        "helm {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    crate::support::ok(&format!("helm {}", args.join(" ")), &out)
 }
 
 /// Polls `f` every 500 ms until it yields `Some`, or fails naming `what` after `timeout`.

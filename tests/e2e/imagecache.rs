@@ -36,6 +36,14 @@ async fn wait_condition(caches: &Api<ImageCache>, type_: &str, status: &str, rea
 
 /// Whether `meta` has a controller owner reference to the ImageCache `uid`, and the operator
 /// wrote it with server-side apply.
+/// A merge patch of the test's ImageCache, which the apiserver must accept.
+async fn patch_cache(caches: &Api<ImageCache>, change: serde_json::Value) {
+    caches
+        .patch(CACHE, &PatchParams::default(), &Patch::Merge(&change))
+        .await
+        .unwrap_or_else(|e| panic!("{change}: {e}"));
+}
+
 fn owned_and_applied<K: Resource>(obj: &K, uid: &str) -> bool {
     let owned = obj
         .owner_references()
@@ -189,10 +197,7 @@ async fn imagecache_lifecycle() {
         ),
     ] {
         let before = caches.get(CACHE).await.expect("cache");
-        caches
-            .patch(CACHE, &PatchParams::default(), &Patch::Merge(&change))
-            .await
-            .unwrap_or_else(|e| panic!("{change}: {e}"));
+        patch_cache(&caches, change).await;
         let after = caches.get(CACHE).await.expect("cache");
         assert!(after.metadata.generation > before.metadata.generation);
         let status = fx.ready(CACHE, replicas).await;
@@ -223,28 +228,14 @@ async fn imagecache_lifecycle() {
     let daemonsets: Api<k8s_openapi::api::apps::v1::DaemonSet> =
         Api::namespaced(client.clone(), &ns);
     let ds_name = format!("{CACHE}-node-config");
-    caches
-        .patch(
-            CACHE,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"nodeMirror": {"enabled": true}}})),
-        )
-        .await
-        .expect("node mirror on");
+    patch_cache(&caches, json!({"spec": {"nodeMirror": {"enabled": true}}})).await;
     let ds = eventually("the node-config DaemonSet", WAIT, || async {
         daemonsets.get_opt(&ds_name).await.ok().flatten()
     })
     .await;
     assert!(owned_and_applied(&ds, &uid));
     ic("NodeMirrorEnabled", 1).await;
-    caches
-        .patch(
-            CACHE,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"nodeMirror": {"enabled": false}}})),
-        )
-        .await
-        .expect("node mirror off");
+    patch_cache(&caches, json!({"spec": {"nodeMirror": {"enabled": false}}})).await;
     eventually("the node-config DaemonSet to go", WAIT, || async {
         daemonsets
             .get_opt(&ds_name)

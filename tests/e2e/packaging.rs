@@ -142,8 +142,12 @@ async fn helm_and_plain_manifests_install_upgrade_and_leave_nothing() {
     let history = helm(home.path(), &["history", release, "-n", &ns]);
     assert_eq!(history.lines().count(), 3, "two revisions: {history}");
 
-    // helm uninstall: every object of the release goes, cluster-scoped ones included.
-    helm(home.path(), &["uninstall", release, "-n", &ns, "--wait"]);
+    // helm uninstall: every object of the release goes, cluster-scoped ones included. Without
+    // hooks: no kubelet runs the pre-delete hook's Job here (the node suite runs it for real).
+    helm(
+        home.path(),
+        &["uninstall", release, "-n", &ns, "--wait", "--no-hooks"],
+    );
     eventually("the release's objects to be gone", WAIT, || async {
         let left = objects(&instance);
         left.is_empty().then_some(())
@@ -191,14 +195,16 @@ async fn helm_and_plain_manifests_install_upgrade_and_leave_nothing() {
             && applied.contains("clusterrole.rbac.authorization.k8s.io/imagecache-operator"),
         "{applied:?}"
     );
+    // As the README says: the mirror first, gone in the foreground while the operator runs (it
+    // releases the CachedImages), then the operator and the CRDs.
     kubectl(&[
         "delete",
+        "--cascade=foreground",
         "-f",
         path_str(&mirror),
-        "-f",
-        path_str(&deploy),
         "--wait",
     ]);
+    kubectl(&["delete", "-f", path_str(&deploy), "--wait"]);
     wait_no_crds(&client).await;
     eventually("deploy/'s objects to be gone", WAIT, || async {
         objects("app.kubernetes.io/part-of=imagecache")

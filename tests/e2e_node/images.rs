@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use crate::node::{Node, ok};
+use crate::node::Node;
 use crate::support::oci::{self, Built, Compression, Rootfs, RunConfig};
+use crate::support::ok;
 
 /// The registry the project image is named in: no node mirror is configured for it, so the
 /// registry Pods never depend on themselves for their own image.
@@ -48,7 +49,7 @@ pub fn import_project_image(node: &Node, work: &Path) -> (String, String) {
     );
     ok(
         "ctr images import",
-        node.ctr(&[
+        &node.ctr(&[
             "-n",
             "k8s.io",
             "images",

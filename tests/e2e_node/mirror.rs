@@ -1,7 +1,9 @@
 //! `helm install` on the real node, then every claim of the product in the order a cluster
 //! lives them: the mirror comes up (operator leading, two registry Pods on their claims, the
 //! node's hosts.toml written) without depending on itself; a workload's image is pulled by the
-//! node's containerd through the mirror, and again from the mirror's cache alone; a PrunePolicy
+//! node's containerd through the mirror, and again from the mirror's cache alone; the two
+//! replicas are one cache (they find each other through the cluster DNS, and an image pulled
+//! through both costs one upstream fetch per blob); a PrunePolicy
 //! spares the running workload's image and prunes it once the workload is gone; the operator
 //! survives SIGKILL without running a prune twice; with the registry Pods gone the node falls
 //! back to the upstream within seconds; `helm uninstall` takes it all away.
@@ -9,10 +11,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use imagecache::config::Config;
 use imagecache::crd::{CachedImage, ImageCache, PrunePolicy, PrunePolicyStatus};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -22,11 +25,12 @@ use crate::harness::{
     policy_status, run_now,
 };
 use crate::images;
-use crate::node::{Node, ok};
+use crate::node::Node;
 use crate::support::Distribution;
 use crate::support::distribution::{Access, Secure};
-use crate::support::metric_sum;
 use crate::support::oci::Built;
+use crate::support::ok;
+use crate::support::{metric_sum, sha256_digest};
 
 /// How long the node gets for Pods, pulls and rollouts.
 const WAIT: Duration = Duration::from_secs(180);
@@ -96,7 +100,15 @@ impl World {
 
     /// Sum over the Ready registry Pods of a metric's samples whose line contains `filter`.
     async fn registry_metric(&self, name: &str, filter: &str) -> f64 {
-        let mut total = 0.0;
+        self.registry_metric_by_pod(name, filter)
+            .await
+            .values()
+            .sum()
+    }
+
+    /// Per Ready registry Pod, the sum of a metric's samples whose line contains `filter`.
+    async fn registry_metric_by_pod(&self, name: &str, filter: &str) -> BTreeMap<String, f64> {
+        let mut by_pod = BTreeMap::new();
         for (pod, ip) in self.ready_registry_pods().await {
             let text = self
                 .node
@@ -107,9 +119,61 @@ impl World {
                 .filter(|l| l.contains(filter))
                 .map(|l| format!("{l}\n"))
                 .collect();
-            total += metric_sum(&lines, name);
+            by_pod.insert(pod, metric_sum(&lines, name));
         }
-        total
+        by_pod
+    }
+
+    /// The registry Pod the client Service sends `source`'s connections to (ClientIP affinity):
+    /// the one whose tag-list requests went up by one for a tag list asked from `source`
+    /// (clients ask for tag lists, peers never do).
+    async fn replica_for(&self, source: &str, base: &str) -> String {
+        let count =
+            || self.registry_metric_by_pod("imagecache_http_requests_total", "endpoint=\"tags\"");
+        let before = count().await;
+        self.node.get_from(
+            source,
+            &format!("{base}/v2/e2e/peers/tags/list"),
+            "application/json",
+        );
+        let after = count().await;
+        let moved: Vec<&String> = after
+            .iter()
+            .filter(|(pod, n)| **n == before.get(*pod).copied().unwrap_or(0.0) + 1.0)
+            .map(|(pod, _)| pod)
+            .collect();
+        assert_eq!(
+            moved.len(),
+            1,
+            "one replica answered: {before:?} -> {after:?}"
+        );
+        moved[0].clone()
+    }
+
+    /// Pulls `image` (pushed as `e2e/peers`) through `base` from `source` as a registry client
+    /// does, every digest checked; returns the bytes of its blobs.
+    fn pull_from(&self, source: &str, base: &str, image: &Built) -> u64 {
+        let manifest = self.node.get_from(
+            source,
+            &format!("{base}/v2/e2e/peers/manifests/1"),
+            "application/vnd.oci.image.manifest.v1+json",
+        );
+        assert_eq!(sha256_digest(&manifest), image.manifest_digest);
+        let manifest: Value = serde_json::from_slice(&manifest).expect("manifest JSON");
+        let digests = std::iter::once(&manifest["config"])
+            .chain(manifest["layers"].as_array().expect("layers"))
+            .map(|d| d["digest"].as_str().expect("digest").to_owned());
+        let mut bytes = 0;
+        for digest in digests {
+            let blob = self.node.get_from(
+                source,
+                &format!("{base}/v2/e2e/peers/blobs/{digest}"),
+                "*/*",
+            );
+            assert_eq!(sha256_digest(&blob), digest, "blob {digest} from {source}");
+            bytes += blob.len() as u64;
+        }
+        bytes
     }
 
     /// The upstream's access log from entry `from` on.
@@ -140,6 +204,18 @@ impl World {
             (p.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(p)
         })
         .await
+    }
+
+    fn delete_registry_pods(&self) {
+        kubectl(&[
+            "delete",
+            "pod",
+            "-n",
+            &self.ns,
+            "-l",
+            &self.registry_selector(),
+            "--wait",
+        ]);
     }
 
     async fn delete_pod(&self, name: &str) {
@@ -298,7 +374,7 @@ async fn helm_install_gives_a_mirror_the_node_pulls_through() {
     // kept from an earlier run would be pulled without a byte crossing the network.
     let run_seed = u64::from(std::process::id()) << 8;
     let mut workloads: BTreeMap<&str, Built> = BTreeMap::new();
-    for (seed, repo) in ["app", "outage", "timing-fallback", "timing-direct"]
+    for (seed, repo) in ["app", "peers", "outage", "timing-fallback", "timing-direct"]
         .into_iter()
         .enumerate()
     {
@@ -324,14 +400,14 @@ async fn helm_install_gives_a_mirror_the_node_pulls_through() {
     // only in the node's namespaces; the upstream listens on the host end of the node's link.
     let routes = ok(
         "ip route",
-        std::process::Command::new("ip")
+        &std::process::Command::new("ip")
             .args(["-o", "route"])
             .output()
             .expect("ip"),
     );
     let addrs = ok(
         "ip addr",
-        std::process::Command::new("ip")
+        &std::process::Command::new("ip")
             .args(["-o", "addr"])
             .output()
             .expect("ip"),
@@ -503,15 +579,7 @@ async fn helm_install_gives_a_mirror_the_node_pulls_through() {
     assert_eq!(mirrored, BTreeSet::from([registry.clone()]));
     assert!(!mirrored.contains(images::LOCAL_REGISTRY));
     let restarted = Instant::now();
-    kubectl(&[
-        "delete",
-        "pod",
-        "-n",
-        &w.ns,
-        "-l",
-        &w.registry_selector(),
-        "--wait",
-    ]);
+    w.delete_registry_pods();
     w.wait_mirror_ready(2).await;
     for pod in w.list_pods(&w.registry_selector()).await {
         let events = harness::events_for(&client, &w.ns, "Pod", &pod.name_any()).await;
@@ -592,12 +660,12 @@ async fn helm_install_gives_a_mirror_the_node_pulls_through() {
     eventually("the app container removed", WAIT, || async {
         let out = ok(
             "crictl ps",
-            w.node.crictl(&["ps", "-a", "-q", "--name", "app"]),
+            &w.node.crictl(&["ps", "-a", "-q", "--name", "app"]),
         );
         out.trim().is_empty().then_some(())
     })
     .await;
-    ok("crictl rmi", w.node.crictl(&["rmi", &app_image]));
+    ok("crictl rmi", &w.node.crictl(&["rmi", &app_image]));
     assert!(!w.node.images().contains(&app_image));
     assert!(
         !w.node.content_digests().contains(&app_layer),
@@ -610,7 +678,7 @@ async fn helm_install_gives_a_mirror_the_node_pulls_through() {
     let fetched_before = w
         .registry_metric("imagecache_upstream_bytes_total", "blob")
         .await;
-    ok("crictl pull", w.node.crictl(&["pull", &app_image]));
+    ok("crictl pull", &w.node.crictl(&["pull", &app_image]));
     let log = w.upstream_log_since(log_mark);
     let served = w
         .registry_metric("imagecache_served_bytes_total", "blob")
@@ -632,6 +700,85 @@ async fn helm_install_gives_a_mirror_the_node_pulls_through() {
          ({} requests, {} blob GETs)",
         log.len(),
         blob_gets(&log, &app_layer).len()
+    );
+
+    // --- two replicas, one cache --------------------------------------------------------------
+    // With two replicas the operator gives the registry Pods `peerDiscovery`: the headless
+    // Service's name, which the cluster DNS (CoreDNS on the node's link) answers with the Ready
+    // Pods. Each finds the other through it.
+    let config_map = Api::<ConfigMap>::namespaced(client.clone(), &w.ns)
+        .get(&format!("{mirror}-config"))
+        .await
+        .expect("the registry ConfigMap");
+    let config = Config::from_yaml(&config_map.data.expect("data")["config.yaml"])
+        .expect("the registry config");
+    assert_eq!(
+        config.peer_discovery.map(|d| d.name),
+        Some(format!("{mirror}-headless.{}.svc", w.ns))
+    );
+    for (pod, ip) in w.ready_registry_pods().await {
+        let node = &w.node;
+        eventually(&format!("{pod} to see one live peer"), WAIT, || async {
+            let text = node.http_get(&format!("http://{ip}:8081/metrics"))?;
+            (metric_sum(&text, "imagecache_peers{state=\"live\"}") == 1.0).then_some(())
+        })
+        .await;
+    }
+    // The client Service keeps a client on one replica (ClientIP affinity): the node's
+    // containerd (whose connections leave from the node's address) pulls through one replica,
+    // then a client at a second address inside the node, one the Service sends to the other
+    // replica, pulls the same image.
+    let peers_image = &workloads["peers"];
+    let base = format!("http://{cluster_ip}:5000");
+    let node_addr = w.node.fact("NODE_ADDR").to_owned();
+    let first = w.replica_for(&node_addr, &base).await;
+    let mut second = None;
+    let mut sources = Vec::new();
+    for i in 1..=32 {
+        let source = format!("192.0.2.{i}");
+        w.node.source_address(&source, true);
+        sources.push(source.clone());
+        let replica = w.replica_for(&source, &base).await;
+        if replica != first {
+            second = Some((source, replica));
+            break;
+        }
+    }
+    let (source, second) = second.expect("a client address the Service sends to the other replica");
+    let log_mark = w.upstream.access_log().len();
+    let peer_before = w
+        .registry_metric("imagecache_served_requests_total", "source=\"peer\"")
+        .await;
+    ok("crictl pull", &w.node.crictl(&["pull", &w.image("peers")]));
+    let pulled_bytes = w.pull_from(&source, &base, peers_image);
+    std::thread::sleep(Duration::from_secs(1));
+    let log = w.upstream_log_since(log_mark);
+    let peer_served = w
+        .registry_metric("imagecache_served_requests_total", "source=\"peer\"")
+        .await
+        - peer_before;
+    let peers_layer = layer_of(peers_image);
+    for digest in [&peers_layer, &peers_image.config_digest] {
+        let gets = blob_gets(&log, digest);
+        assert_eq!(
+            gets.len(),
+            1,
+            "{digest} fetched once from the upstream for both replicas: {log:?}"
+        );
+        assert!(gets[0].user_agent.starts_with("imagecache/"), "{gets:?}");
+    }
+    assert!(peer_served > 0.0, "a replica served a blob from its peer");
+    for source in &sources {
+        w.node.source_address(source, false);
+    }
+    ok("crictl rmi", &w.node.crictl(&["rmi", &w.image("peers")]));
+    eprintln!(
+        "two replicas, one cache: peerDiscovery {mirror}-headless.{}.svc resolved by the cluster \
+         DNS; containerd pulled through {first}, a client at {source} through {second} \
+         ({pulled_bytes} blob bytes, digests checked); the upstream served each blob once \
+         ({} blob GETs), {peer_served} requests answered from a peer",
+        w.ns,
+        log.iter().filter(|a| a.path.contains("/blobs/")).count(),
     );
 
     // --- a PrunePolicy never prunes a running workload's image --------------------------------
@@ -773,15 +920,7 @@ async fn helm_install_gives_a_mirror_the_node_pulls_through() {
 
     // --- mirror outage: the registry Pods gone, the node falls back to the upstream ----------
     kubectl(&["cordon", w.node.name()]);
-    kubectl(&[
-        "delete",
-        "pod",
-        "-n",
-        &w.ns,
-        "-l",
-        &w.registry_selector(),
-        "--wait",
-    ]);
+    w.delete_registry_pods();
     eventually("no registry Pod Ready", WAIT, || async {
         w.ready_registry_pods().await.is_empty().then_some(())
     })
@@ -803,7 +942,7 @@ async fn helm_install_gives_a_mirror_the_node_pulls_through() {
         let started = Instant::now();
         ok(
             "ctr images pull",
-            w.node.ctr_inside(&[
+            &w.node.ctr_inside(&[
                 "-n",
                 FALLBACK_NS,
                 "images",
@@ -832,7 +971,7 @@ async fn helm_install_gives_a_mirror_the_node_pulls_through() {
             times.push(timed_pull(hosts.clone(), image.clone()));
             ok(
                 "ctr images rm",
-                w.node
+                &w.node
                     .ctr(&["-n", FALLBACK_NS, "images", "rm", "--sync", &image]),
             );
         }
@@ -871,22 +1010,30 @@ async fn helm_install_gives_a_mirror_the_node_pulls_through() {
     w.delete_pod("outage").await;
 
     // --- helm uninstall ------------------------------------------------------------------------
+    // The mirror holds images, so CachedImages with their prune finalizer exist: the chart's
+    // pre-delete hook deletes the mirror while the operator still runs, and they all go.
+    let held = w.cached_images().await.len();
+    assert!(held > 0, "CachedImages exist before the uninstall");
     let instance = format!("app.kubernetes.io/instance={release}");
     helm(&helm_home, &["uninstall", &release, "-n", &w.ns, "--wait"]);
-    eventually("the release's objects, the cache and its Pods to go", WAIT, || async {
-        let left = kubectl(&[
-            "get",
-            "deployments,statefulsets,daemonsets,pods,services,configmaps,serviceaccounts,roles,\
-             rolebindings,clusterroles,clusterrolebindings,imagecaches,cachedimages",
-            "-A",
-            "-l",
-            &instance,
-            "-o",
-            "name",
-        ]);
-        let pods = w.pods().list(&ListParams::default()).await.ok()?.items;
-        (left.trim().is_empty() && pods.is_empty()).then_some(())
-    })
+    eventually(
+        "the release's objects, the cache and its Pods to go",
+        WAIT,
+        || async {
+            let left = kubectl(&[
+                "get",
+                "deployments,statefulsets,daemonsets,jobs,pods,services,configmaps,serviceaccounts,\
+             roles,rolebindings,clusterroles,clusterrolebindings,imagecaches,cachedimages",
+                "-A",
+                "-l",
+                &instance,
+                "-o",
+                "name",
+            ]);
+            let pods = w.pods().list(&ListParams::default()).await.ok()?.items;
+            (left.trim().is_empty() && pods.is_empty()).then_some(())
+        },
+    )
     .await;
     let cimgs = w.cached_images().await;
     assert!(
@@ -904,17 +1051,18 @@ async fn helm_install_gives_a_mirror_the_node_pulls_through() {
         .collect();
     assert!(left_dirs.is_empty(), "{left_dirs:?}");
     eprintln!(
-        "helm uninstall: the release's objects, the cache, its Pods and the node's hosts.toml are gone"
+        "helm uninstall: the pre-delete hook deleted the mirror first; the release's objects, the \
+         cache, its Pods, its {held} CachedImage(s) and the node's hosts.toml are gone"
     );
 
     // The node forgets this run's workload images, so that a next run starts from the node as
     // `up` left it.
     for repo in ["app", "outage"] {
-        ok("crictl rmi", w.node.crictl(&["rmi", &w.image(repo)]));
+        ok("crictl rmi", &w.node.crictl(&["rmi", &w.image(repo)]));
     }
     ok(
         "ctr namespaces rm",
-        w.node.ctr(&["namespaces", "rm", FALLBACK_NS]),
+        &w.node.ctr(&["namespaces", "rm", FALLBACK_NS]),
     );
     ns.delete().await;
 }

@@ -6,21 +6,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use crate::support::ok;
+
 pub struct Node {
     facts: BTreeMap<String, String>,
-}
-
-/// stdout of a command that must succeed.
-#[track_caller]
-pub fn ok(what: &str, out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn run(mut cmd: Command) -> Output {
@@ -127,9 +116,35 @@ impl Node {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// The body of a GET from inside the node, sent from `source` (one of the node's addresses:
+    /// a client the Service's ClientIP affinity tells apart from the node itself).
+    pub fn get_from(&self, source: &str, url: &str, accept: &str) -> Vec<u8> {
+        let mut cmd = self.command("curl");
+        cmd.args(["-sfS", "--max-time", "30", "--interface", source, "-H"])
+            .arg(format!("Accept: {accept}"))
+            .arg(url);
+        let out = run(cmd);
+        assert!(
+            out.status.success(),
+            "GET {url} from {source}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// Gives the node `addr` (a /32 on its loopback) as a further client source, or takes it
+    /// away again (`add: false`).
+    pub fn source_address(&self, addr: &str, add: bool) {
+        let mut cmd = self.command("ip");
+        cmd.args(["addr", if add { "replace" } else { "del" }])
+            .arg(format!("{addr}/32"))
+            .args(["dev", "lo"]);
+        ok("ip addr", &run(cmd));
+    }
+
     /// Image references the node's containerd holds (CRI's view).
     pub fn images(&self) -> Vec<String> {
-        let out = ok("crictl images", self.crictl(&["images", "-o", "json"]));
+        let out = ok("crictl images", &self.crictl(&["images", "-o", "json"]));
         let v: serde_json::Value = serde_json::from_str(&out).expect("crictl JSON");
         v["images"]
             .as_array()
@@ -144,7 +159,7 @@ impl Node {
     pub fn content_digests(&self) -> Vec<String> {
         let out = ok(
             "ctr content ls",
-            self.ctr(&["-n", "k8s.io", "content", "ls", "-q"]),
+            &self.ctr(&["-n", "k8s.io", "content", "ls", "-q"]),
         );
         out.lines().map(str::to_owned).collect()
     }
@@ -153,7 +168,7 @@ impl Node {
     pub fn container_pid(&self, pod: &str, container: &str) -> Option<u32> {
         let id = ok(
             "crictl ps",
-            self.crictl(&[
+            &self.crictl(&[
                 "ps",
                 "-q",
                 "--state",
@@ -165,7 +180,7 @@ impl Node {
             ]),
         );
         let id = id.lines().next()?.trim().to_owned();
-        let out = ok("crictl inspect", self.crictl(&["inspect", &id]));
+        let out = ok("crictl inspect", &self.crictl(&["inspect", &id]));
         let v: serde_json::Value = serde_json::from_str(&out).ok()?;
         v["info"]["pid"].as_u64().map(|p| p as u32)
     }
@@ -173,7 +188,7 @@ impl Node {
     fn pod_id(&self, pod: &str) -> Option<String> {
         let out = ok(
             "crictl pods",
-            self.crictl(&["pods", "-q", "--name", pod, "--state", "ready"]),
+            &self.crictl(&["pods", "-q", "--name", pod, "--state", "ready"]),
         );
         out.lines().next().map(|l| l.trim().to_owned())
     }

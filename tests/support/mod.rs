@@ -75,6 +75,20 @@ pub fn tied_command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Comma
     cmd
 }
 
+/// A finished command's stdout; fails the test, with its status, stdout and stderr, unless it
+/// succeeded.
+#[track_caller]
+pub fn ok(what: &str, out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `sha256:<hex>` of `data`.
 pub fn sha256_digest(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))

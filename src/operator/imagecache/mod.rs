@@ -141,6 +141,12 @@ pub fn cache_of_pod(pod: &Pod) -> Option<ObjectRef<ImageCache>> {
 }
 
 async fn reconcile_inner(ic: &ImageCache, ctx: &Context) -> Result<Action, OperatorError> {
+    // Being deleted (in the foreground, as `operator teardown` does): the garbage collector is
+    // removing the children; applying them again would only recreate what it removes.
+    if ic.metadata.deletion_timestamp.is_some() {
+        tracing::debug!(imagecache = %object_key(ic), "being deleted; nothing to apply");
+        return Ok(Action::await_change());
+    }
     let ns = ic
         .metadata
         .namespace

@@ -324,6 +324,22 @@ async fn create_applies_every_child_and_reports_two_pods() {
 }
 
 #[tokio::test]
+async fn a_cache_being_deleted_gets_no_call() {
+    let (ctx, mut server) = mock::context(FakeRegistry::new(), NOW);
+    let mut ic = cache(json!({"replicas": 2}));
+    ic.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        ctx.now(),
+    ));
+    // An API call would wait for the mock's answer: the reconcile would not return.
+    let action = tokio::time::timeout(Duration::from_secs(5), reconcile(Arc::new(ic), ctx.clone()))
+        .await
+        .expect("no API call")
+        .unwrap();
+    assert_eq!(action, Action::await_change());
+    server.expect_silence(Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
 async fn existing_token_is_kept_and_a_second_reconcile_is_quiet() {
     let registry = FakeRegistry::new();
     registry.set_status("x-0", Ok(serving(3)));
