@@ -81,3 +81,104 @@ async fn held_cached_images(
         .map(|c| c.name_any())
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Method;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::operator::mock;
+
+    const CACHES: &str = "/apis/imagecache.io/v1alpha1/namespaces/ns/imagecaches";
+
+    fn cache(name: &str) -> Value {
+        json!({"apiVersion": "imagecache.io/v1alpha1", "kind": "ImageCache",
+            "metadata": {"name": name, "namespace": "ns", "uid": format!("{name}-uid"),
+                "deletionTimestamp": "2026-01-01T00:00:00Z", "finalizers": ["foregroundDeletion"]},
+            "spec": {}})
+    }
+
+    fn cached_image(name: &str, cache: &str, finalizers: &[&str]) -> Value {
+        json!({"apiVersion": "imagecache.io/v1alpha1", "kind": "CachedImage",
+            "metadata": {"name": name, "namespace": "ns", "finalizers": finalizers},
+            "spec": {"cacheRef": {"name": cache}, "digest": format!("sha256:{}", "a".repeat(64)),
+                "reference": "docker.io/library/x",
+                "mediaType": "application/vnd.oci.image.manifest.v1+json"}})
+    }
+
+    #[tokio::test]
+    async fn deletes_in_the_foreground_and_waits_until_gone() {
+        let (client, mut server) = mock::mock_client();
+        let names = vec!["a".to_owned(), "b".to_owned()];
+        let task =
+            tokio::spawn(
+                async move { teardown(client, "ns", &names, Duration::from_secs(60)).await },
+            );
+        let del = server.expect(Method::DELETE, &format!("{CACHES}/a")).await;
+        assert_eq!(del.body["propagationPolicy"], "Foreground");
+        del.respond(200, cache("a"));
+        // Already gone: fine.
+        server
+            .expect(Method::DELETE, &format!("{CACHES}/b"))
+            .await
+            .not_found();
+        // `a` is still there (its dependents go first), then gone.
+        server
+            .expect(Method::GET, &format!("{CACHES}/a"))
+            .await
+            .respond(200, cache("a"));
+        server
+            .expect(Method::GET, &format!("{CACHES}/b"))
+            .await
+            .not_found();
+        server
+            .expect(Method::GET, &format!("{CACHES}/a"))
+            .await
+            .not_found();
+        server
+            .expect(Method::GET, &format!("{CACHES}/b"))
+            .await
+            .not_found();
+        task.await.unwrap().expect("gone");
+        server.expect_silence(Duration::from_millis(100)).await;
+    }
+
+    #[tokio::test]
+    async fn a_cache_that_does_not_go_names_what_holds_it() {
+        let (client, mut server) = mock::mock_client();
+        let names = vec!["a".to_owned()];
+        let task =
+            tokio::spawn(async move { teardown(client, "ns", &names, Duration::ZERO).await });
+        server
+            .expect(Method::DELETE, &format!("{CACHES}/a"))
+            .await
+            .respond(200, cache("a"));
+        server
+            .expect(Method::GET, &format!("{CACHES}/a"))
+            .await
+            .respond(200, cache("a"));
+        server
+            .expect(
+                Method::GET,
+                "/apis/imagecache.io/v1alpha1/namespaces/ns/cachedimages",
+            )
+            .await
+            .respond(
+                200,
+                json!({"apiVersion": "imagecache.io/v1alpha1", "kind": "CachedImageList",
+                "metadata": {}, "items": [
+                    cached_image("held", "a", &[FINALIZER]),
+                    cached_image("released", "a", &[]),
+                    cached_image("other-cache", "b", &[FINALIZER]),
+                ]}),
+            );
+        let err = task.await.unwrap().expect_err("stuck");
+        let message = err.to_string();
+        assert!(matches!(err, OperatorError::Stuck(_)), "{err:?}");
+        assert!(
+            message.contains("ImageCache a in ns not gone") && message.contains("[held]"),
+            "{message}"
+        );
+    }
+}
