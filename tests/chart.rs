@@ -415,6 +415,27 @@ fn bad_values_are_refused_by_the_schema() {
 
 type Grant = (String, String, String);
 
+/// A grant with the object names it is limited to (none: every object).
+type NamedGrant = (String, String, String, Vec<String>);
+
+/// A Role's grants with their `resourceNames`.
+fn named_grants(role: &Value) -> BTreeSet<NamedGrant> {
+    let mut out = BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for (g, r, v) in grants(&Value::Array(vec![rule.clone()])) {
+            out.insert((g, r, v, strings(&rule["resourceNames"])));
+        }
+    }
+    out
+}
+
+fn named_set(grants: &[(&str, &str, &str, Vec<String>)]) -> BTreeSet<NamedGrant> {
+    grants
+        .iter()
+        .map(|(g, r, v, n)| ((*g).to_owned(), (*r).to_owned(), (*v).to_owned(), n.clone()))
+        .collect()
+}
+
 fn grants(rules: &Value) -> BTreeSet<Grant> {
     let mut out = BTreeSet::new();
     for rule in rules.as_array().unwrap() {
@@ -528,21 +549,13 @@ fn cluster_roles_grant_exactly_what_the_operator_uses() {
     // namespace only.
     let role = one(&objs, "Role");
     assert_eq!(role["metadata"]["namespace"], NAMESPACE);
-    let mut lease = BTreeSet::new();
-    for rule in role["rules"].as_array().unwrap() {
-        for (g, r, v) in grants(&Value::Array(vec![rule.clone()])) {
-            lease.insert((g, r, v, strings(&rule["resourceNames"])));
-        }
-    }
+    let lease = named_grants(role);
     let named = vec!["imagecache-operator".to_owned()];
-    let lease_want: BTreeSet<_> = [
+    let lease_want = named_set(&[
         ("coordination.k8s.io", "leases", "create", vec![]),
         ("coordination.k8s.io", "leases", "get", named.clone()),
         ("coordination.k8s.io", "leases", "update", named),
-    ]
-    .into_iter()
-    .map(|(g, r, v, n)| (g.to_owned(), r.to_owned(), v.to_owned(), n))
-    .collect();
+    ]);
     assert_eq!(lease, lease_want);
 
     // Every binding names the chart's ServiceAccount in the release namespace.
@@ -603,22 +616,13 @@ fn uninstall_deletes_the_mirror_first_with_a_hook_of_least_rights() {
     // Exactly what `operator teardown` calls: get and delete of the one mirror by name, and the
     // list of CachedImages it names when the mirror does not go.
     let role = hooks.iter().find(|h| h["kind"] == "Role").unwrap();
-    let mut rules = BTreeSet::new();
-    for rule in role["rules"].as_array().unwrap() {
-        for (g, r, v) in grants(&Value::Array(vec![rule.clone()])) {
-            rules.insert((g, r, v, strings(&rule["resourceNames"])));
-        }
-    }
     let mirror = vec!["imagecache-mirror".to_owned()];
-    let want: BTreeSet<_> = [
+    let want = named_set(&[
         ("imagecache.io", "imagecaches", "get", mirror.clone()),
         ("imagecache.io", "imagecaches", "delete", mirror),
         ("imagecache.io", "cachedimages", "list", vec![]),
-    ]
-    .into_iter()
-    .map(|(g, r, v, n)| (g.to_owned(), r.to_owned(), v.to_owned(), n))
-    .collect();
-    assert_eq!(rules, want);
+    ]);
+    assert_eq!(named_grants(role), want);
     let binding = hooks.iter().find(|h| h["kind"] == "RoleBinding").unwrap();
     assert_eq!(
         binding["subjects"][0]["name"],
